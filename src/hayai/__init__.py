@@ -1,0 +1,3 @@
+"""hayai: fast local image generation with diffusion models."""
+
+__version__ = "0.1.0"

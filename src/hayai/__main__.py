@@ -1,0 +1,3 @@
+from hayai.cli.main import main
+
+main()
