@@ -1,0 +1,169 @@
+"""`Store`: hayai's SQLite file (run history, file hashes, catalog registrations).
+
+One connection per `Store`, shared by threads under a lock, so a server's thread pool can use one
+`Store`. WAL mode and a busy timeout let two processes (say the CLI and the server) share the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .. import paths
+from ..errors import HayaiError
+from . import catalog_entries as catalog
+from . import hashes, history
+from .catalog_entries import CatalogEntry
+from .history import Run
+from .migrations import migrate
+
+__all__ = ["Store", "BUSY_TIMEOUT_S"]
+
+BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write to finish
+
+
+def _now() -> str:
+    return history.iso_utc(datetime.now(timezone.utc))
+
+
+class Store:
+    """hayai's database. `Store()` opens `hayai.paths.db_path()`, creating and migrating it."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else paths.db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = _connect(self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- history ---------------------------------------------------------------------------
+
+    def start_run(
+        self, kind: str, *, request: dict[str, Any], model: str, model_hash: str | None, device: str
+    ) -> int:
+        """Log a run as 'running' and return its id; call `finish_run` when it ends."""
+        with self._lock:
+            return history.insert_run(
+                self._conn, kind, request=request, model=model, model_hash=model_hash,
+                device=device, now=_now(),
+            )
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        seeds: list[int],
+        timings: dict[str, float],
+        peak_memory_bytes: int | None,
+        outputs: list[str],
+        error: str | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Record how run `run_id` ended: status 'ok', 'error' or 'interrupted'."""
+        with self._lock:
+            history.finish_run(
+                self._conn, run_id, status=status, seeds=seeds, timings=timings,
+                peak_memory_bytes=peak_memory_bytes, outputs=outputs, error=error,
+                events=events, now=_now(),
+            )
+
+    def runs(
+        self,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        model: str | None = None,
+        search: str | None = None,
+        since: datetime | None = None,
+        kind: str | None = None,
+    ) -> list[Run]:
+        """Runs matching every given filter, newest first; `search` is a case-insensitive
+        substring of the prompt, `since` an aware datetime (naive ones are local time)."""
+        with self._lock:
+            return history.query_runs(
+                self._conn, limit=limit, status=status, model=model, search=search,
+                since=since, kind=kind,
+            )
+
+    def run(self, run_id: int) -> Run:
+        """The run with this id; HayaiError if there is none."""
+        with self._lock:
+            return history.get_run(self._conn, run_id)
+
+    # -- file hashes -----------------------------------------------------------------------
+
+    def file_sha256(self, path: Path) -> str:
+        """SHA-256 of the file, from the cache if size and mtime are unchanged, else computed."""
+        key = hashes.file_key(path)
+        with self._lock:
+            cached = hashes.lookup_sha256(self._conn, key)
+        if cached is not None:
+            return cached
+        sha256 = hashes.compute_sha256(Path(key[0]))  # outside the lock: may take a minute
+        with self._lock:
+            hashes.save_sha256(self._conn, key, sha256, now=_now())
+        return sha256
+
+    def cached_sha256(self, path: Path) -> str | None:
+        """The cached SHA-256 if it is fresh for the file as it is now; never reads the file."""
+        try:
+            key = hashes.file_key(path)
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            return hashes.lookup_sha256(self._conn, key)
+
+    # -- catalog registrations -------------------------------------------------------------
+
+    def add_catalog_entry(self, path: Path, kind: str) -> bool:
+        """Register a model ('model') or a folder to scan ('folder'); False if already there."""
+        with self._lock:
+            return catalog.add_entry(self._conn, path, kind, now=_now())
+
+    def remove_catalog_entry(self, path: Path) -> bool:
+        """Forget a registration; False if the path was not registered."""
+        with self._lock:
+            return catalog.remove_entry(self._conn, path)
+
+    def catalog_entries(self) -> list[CatalogEntry]:
+        """Every registration, oldest first."""
+        with self._lock:
+            return catalog.list_entries(self._conn)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open `path` (autocommit, WAL, busy timeout) and bring its schema up to date."""
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.create_function("hayai_fold", 1, history.fold, deterministic=True)
+        migrate(conn, where=str(path))
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise HayaiError(f"cannot open the hayai store {path}: {error}") from error
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,108 @@
+"""The store's schema, as append-only numbered migrations tracked with `PRAGMA user_version`.
+
+`MIGRATIONS[i]` takes the database from version `i` to `i + 1`. Released migrations are never
+edited, reordered or removed, only appended: a user's database may be at any earlier version, and
+the only way forward is to run every later script in order. JSON values are stored as TEXT.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ..errors import HayaiError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
+
+# Released migrations are never edited, only appended.
+MIGRATIONS: list[str] = [
+    # 1: run history, the file-hash cache, the user's model catalog registrations.
+    """
+    CREATE TABLE runs (
+        id                INTEGER PRIMARY KEY,
+        kind              TEXT NOT NULL,              -- 'generate', 'sweep', 'train_lora'
+        status            TEXT NOT NULL,              -- 'running', 'ok', 'error', 'interrupted'
+        created_at        TEXT NOT NULL,              -- UTC ISO 8601, microseconds
+        finished_at       TEXT,
+        model             TEXT NOT NULL,
+        model_hash        TEXT,
+        device            TEXT NOT NULL,
+        request           TEXT NOT NULL,              -- JSON object
+        seeds             TEXT NOT NULL DEFAULT '[]', -- JSON list of int
+        timings           TEXT NOT NULL DEFAULT '{}', -- JSON object: step name -> seconds
+        peak_memory_bytes INTEGER,
+        outputs           TEXT NOT NULL DEFAULT '[]', -- JSON list of file paths
+        error             TEXT,
+        events            TEXT NOT NULL DEFAULT '[]'  -- JSON list of objects
+    );
+    CREATE INDEX runs_created_at ON runs (created_at);
+    CREATE TABLE file_hashes (
+        path      TEXT PRIMARY KEY,                   -- resolved absolute path
+        size      INTEGER NOT NULL,
+        mtime_ns  INTEGER NOT NULL,
+        sha256    TEXT NOT NULL,                      -- 64 lowercase hex digits
+        hashed_at TEXT NOT NULL
+    );
+    CREATE TABLE catalog_entries (
+        path     TEXT PRIMARY KEY,                    -- resolved absolute path
+        kind     TEXT NOT NULL,                       -- 'model' or 'folder'
+        added_at TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The database's `PRAGMA user_version`: how many migrations it has had."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(
+    conn: sqlite3.Connection, *, where: str, migrations: Sequence[str] = MIGRATIONS
+) -> int:
+    """Apply the pending `migrations` in one transaction and return the new version.
+
+    `conn` must be in autocommit mode (`isolation_level=None`). The version is read again under
+    `BEGIN IMMEDIATE`, so two processes opening a new file at once migrate it only once.
+    `where` names the database in errors.
+    """
+    latest = len(migrations)
+    if _checked_version(conn, latest, where) == latest:
+        return latest
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for number in range(_checked_version(conn, latest, where) + 1, latest + 1):
+            for statement in _statements(migrations[number - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return latest
+
+
+def _checked_version(conn: sqlite3.Connection, latest: int, where: str) -> int:
+    version = schema_version(conn)
+    if version > latest:
+        raise HayaiError(
+            f"{where} was created by a newer hayai (schema version {version}, this hayai knows "
+            f"up to {latest}); upgrade hayai"
+        )
+    return version
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into single statements (`execute` takes one; `executescript` would commit)."""
+    *pieces, rest = script.split(";")
+    statements, pending = [], ""
+    for piece in pieces:
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if (pending + rest).strip():
+        raise ValueError(f"migration script ends without ';': {(pending + rest).strip()!r}")
+    return statements
