@@ -1,0 +1,25 @@
+"""Shared fixtures: an isolated user dir for every test, and tiny model folders built once."""
+
+from __future__ import annotations
+
+import pytest
+
+from hayai.models.families import Family
+from hayai.models.tiny import save_tiny_pipeline
+
+
+@pytest.fixture(autouse=True)
+def hayai_home(tmp_path, monkeypatch):
+    """Every test gets its own $HAYAI_HOME and an empty, offline Hugging Face cache."""
+    home = tmp_path / "hayai_home"
+    monkeypatch.setenv("HAYAI_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory) -> dict[Family, object]:
+    """Diffusers folders of the tiny SD1, SDXL and SD3 pipelines (random weights, seed 0)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: save_tiny_pipeline(family, root / f"tiny-{family.value}") for family in (Family.SD1, Family.SDXL, Family.SD3)}
