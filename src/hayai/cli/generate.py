@@ -1,0 +1,105 @@
+"""`hayai generate` and `hayai info`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hayai.cli.output import console, err_console, format_bytes, progress_printer, silence_library_progress
+
+
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help="What to draw (A1111-style prompt)."),
+    negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, path, or hub id (local cache only)."),
+    model_config: Optional[str] = typer.Option(None, "--model-config", help="Single-file checkpoints: a diffusers folder with the component configs."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps [20]."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M" [family default].'),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type: Automatic, Uniform, Karras, Exponential, Beta, SGM Uniform, Simple."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width in pixels [the model's native size]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height in pixels [the model's native size]."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Seed; -1 for random [-1]. Image i of a run gets seed+i."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per pass [1]."),
+    batch_count: Optional[int] = typer.Option(None, "--batch-count", "-c", help="Passes [1]."),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111 clip skip (1 = none) [1]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [$HAYAI_HOME/outputs]."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="File name pattern [{index:05d}-{seed}]."),
+    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp [png]."),
+    from_image: Optional[Path] = typer.Option(None, "--from", help="Regenerate the image this file's metadata describes."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+) -> None:
+    """Generate images from a prompt (or regenerate one with --from IMAGE)."""
+    from hayai.errors import RequestError
+    from hayai.generation.engine import Engine
+    from hayai.generation.request import GenerationRequest
+
+    given = {
+        "prompt": prompt, "negative_prompt": negative, "model": model, "model_config": model_config,
+        "steps": steps, "cfg_scale": cfg, "sampler": sampler, "schedule_type": schedule, "width": width,
+        "height": height, "seed": seed, "batch_size": batch_size, "batch_count": batch_count,
+        "clip_skip": clip_skip, "output_dir": str(output) if output else None, "filename_pattern": pattern,
+        "image_format": image_format,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    silence_library_progress()
+    engine = Engine(allow_pickle=allow_pickle)
+    show = progress_printer(enabled=not (quiet or as_json))
+    try:
+        with show as on_progress:
+            if from_image is not None:
+                result = engine.reproduce(from_image, progress=on_progress, **given)
+            else:
+                if "prompt" not in given:
+                    raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
+                result = engine.generate(GenerationRequest(**given), progress=on_progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished images were kept, nothing half-written was left")
+        raise typer.Exit(130)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    if quiet:
+        return
+    for image in result.images:
+        console.print(f"{image.path}  seed {image.seed}")
+    phases = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())
+    peak = format_bytes(result.peak_memory.peak_bytes)
+    console.print(
+        f"[dim]{result.model} ({result.family.value}) on {result.device}/{result.dtype}: {phases}; "
+        f"peak memory {peak} ({result.peak_memory.kind})[/]"
+    )
+
+
+def info(
+    image: Path = typer.Argument(..., help="A PNG, JPEG or WEBP made by hayai, A1111 or Forge."),
+    as_json: bool = typer.Option(False, "--json", help="Parsed parameters and hayai's record as JSON."),
+) -> None:
+    """Print the generation parameters stored in an image."""
+    from hayai.errors import HayaiError
+    from hayai.generation.imagefile import read_image_metadata
+    from hayai.generation.infotext import parse_infotext
+
+    meta = read_image_metadata(image)
+    if meta.infotext is None and meta.hayai is None:
+        raise HayaiError(f"{image} carries no generation parameters")
+    if as_json:
+        parsed = parse_infotext(meta.infotext) if meta.infotext else None
+        data = {
+            "parameters": meta.infotext,
+            "parsed": None if parsed is None else {
+                "prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt, "params": parsed.params
+            },
+            "hayai": meta.hayai,
+        }
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        return
+    sys.stdout.write((meta.infotext or "(no A1111 parameters; hayai data only: use --json)") + "\n")

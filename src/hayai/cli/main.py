@@ -1,0 +1,54 @@
+"""`hayai`: the command line. A thin layer: parse, call the library, print.
+
+Errors the user can fix print one line (`error: ...`) and exit with 2 for bad input, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from hayai.cli import generate, history, models
+
+app = typer.Typer(
+    name="hayai",
+    help="Fast local image generation with diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("generate")(generate.generate)
+app.command("info")(generate.info)
+app.command("history")(history.history)
+app.add_typer(models.app, name="models")
+
+
+def _quiet_libraries() -> None:
+    """diffusers and transformers log deprecations and optional-dependency notes a user cannot act on."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main() -> None:
+    from hayai.errors import HayaiError
+
+    _quiet_libraries()
+    try:
+        app()
+    except HayaiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: finished images were kept, nothing half-written was left", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
