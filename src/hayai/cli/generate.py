@@ -48,17 +48,19 @@ def generate(
         "image_format": image_format,
     }
     given = {key: value for key, value in given.items() if value is not None}
+    request = None
+    if from_image is None:
+        if "prompt" not in given:
+            raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
+        request = GenerationRequest(**given)  # bad input fails here, before any model is touched
     silence_library_progress()
     engine = Engine(allow_pickle=allow_pickle)
-    show = progress_printer(enabled=not (quiet or as_json))
     try:
-        with show as on_progress:
-            if from_image is not None:
+        with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+            if request is None:
                 result = engine.reproduce(from_image, progress=on_progress, **given)
             else:
-                if "prompt" not in given:
-                    raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
-                result = engine.generate(GenerationRequest(**given), progress=on_progress)
+                result = engine.generate(request, progress=on_progress)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished images were kept, nothing half-written was left")
         raise typer.Exit(130)
