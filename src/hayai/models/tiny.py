@@ -23,8 +23,11 @@ TINY_FAMILIES = (Family.SD1, Family.SDXL, Family.SD3)
 
 # Shared sizes. The VAE has 4 blocks (scale factor 8, as in the real models).
 _VAE_BLOCKS = (8, 16, 16, 16)
+# The second CLIP is wider than the first, as bigG/CLIP-G are wider than CLIP-L: diffusers' single-file
+# loader tells the two apart by width, so equal widths would load the wrong weights.
 _CLIP_HIDDEN = 32
-_T5_DIM = 64
+_CLIP2_HIDDEN = 48
+_T5_DIM = 96  # >= the two CLIP widths together: SD3 pads the CLIP features to the T5 width
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +77,7 @@ def tiny_t5_tokenizer():
     return tokenizer
 
 
-def _clip_config(*, projection: bool):
+def _clip_config(*, projection: bool, hidden: int = _CLIP_HIDDEN):
     from transformers import CLIPTextConfig
 
     vocab = clip_byte_vocab()
@@ -83,14 +86,14 @@ def _clip_config(*, projection: bool):
         eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"],
         vocab_size=len(vocab),
-        hidden_size=_CLIP_HIDDEN,
+        hidden_size=hidden,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=3,
         max_position_embeddings=77,
         layer_norm_eps=1e-05,
         hidden_act="quick_gelu",
-        projection_dim=_CLIP_HIDDEN if projection else 512,
+        projection_dim=hidden if projection else 512,
     )
 
 
@@ -162,8 +165,8 @@ def _sdxl():
         addition_time_embed_dim=time_embed_dim,
         transformer_layers_per_block=(1, 2),
         # pooled text embeds of text_encoder_2 + 6 time ids (original size, crop, target size)
-        projection_class_embeddings_input_dim=_CLIP_HIDDEN + 6 * time_embed_dim,
-        cross_attention_dim=2 * _CLIP_HIDDEN,
+        projection_class_embeddings_input_dim=_CLIP2_HIDDEN + 6 * time_embed_dim,
+        cross_attention_dim=_CLIP_HIDDEN + _CLIP2_HIDDEN,
         norm_num_groups=16,
     )
     scheduler = EulerDiscreteScheduler(
@@ -172,7 +175,7 @@ def _sdxl():
     return StableDiffusionXLPipeline(
         vae=_vae(scaling_factor=0.13025),
         text_encoder=CLIPTextModel(_clip_config(projection=False)),
-        text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=True)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=True, hidden=_CLIP2_HIDDEN)),
         tokenizer=tiny_clip_tokenizer(),
         tokenizer_2=tiny_clip_tokenizer(),
         unet=unet,
@@ -182,6 +185,7 @@ def _sdxl():
 
 
 def _sd3():
+    import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -195,7 +199,7 @@ def _sd3():
         num_attention_heads=4,
         caption_projection_dim=32,
         joint_attention_dim=_T5_DIM,
-        pooled_projection_dim=2 * _CLIP_HIDDEN,
+        pooled_projection_dim=_CLIP_HIDDEN + _CLIP2_HIDDEN,
         pos_embed_max_size=32,
     )
     t5 = T5EncoderModel(
@@ -216,13 +220,17 @@ def _sd3():
             use_cache=False,
         )
     )
+    clip_l = CLIPTextModelWithProjection(_clip_config(projection=True))
+    with torch.no_grad():
+        # SD3 does not project CLIP-L's pooled output (diffusers loads an identity there from single files)
+        clip_l.text_projection.weight.copy_(torch.eye(_CLIP_HIDDEN))
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=CLIPTextModelWithProjection(_clip_config(projection=True)),
+        text_encoder=clip_l,
         tokenizer=tiny_clip_tokenizer(),
-        text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=True)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=True, hidden=_CLIP2_HIDDEN)),
         tokenizer_2=tiny_clip_tokenizer(),
         text_encoder_3=t5,
         tokenizer_3=tiny_t5_tokenizer(),
