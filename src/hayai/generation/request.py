@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import string
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -145,6 +146,8 @@ class GenerationRequest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise RequestError(f"unknown request field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        if "prompt" not in data:
+            raise RequestError("the request has no 'prompt' field")
         return cls(**data)
 
 
@@ -166,11 +169,17 @@ def _check_pattern(pattern: str) -> None:
         raise RequestError(f"filename_pattern={pattern!r} must be a non-empty string")
     if "/" in pattern or "\\" in pattern or pattern.startswith("."):
         raise RequestError(f"filename_pattern={pattern!r} must name a file, not a path (no '/', no leading '.')")
+    allowed = ", ".join("{" + name + "}" for name in _PATTERN_FIELDS)
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+    except ValueError as exc:
+        raise RequestError(f"filename_pattern={pattern!r} is not valid ({exc}); it may use {allowed}") from None
+    for name in names:
+        if name not in _PATTERN_FIELDS:  # also refuses attribute and index access: {prompt.upper}, {index[0]}
+            raise RequestError(f"filename_pattern={pattern!r} uses {{{name}}}; it may use {allowed}")
     try:
         pattern.format(**_PATTERN_FIELDS)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise RequestError(
-            f"filename_pattern={pattern!r} is not valid ({exc}); it may use {{{'}, {'.join(_PATTERN_FIELDS)}}}"
-        ) from None
-    if "{index" not in pattern and "{seed" not in pattern:
+    except (ValueError, TypeError) as exc:  # a format spec that does not fit the field, e.g. {prompt:05d}
+        raise RequestError(f"filename_pattern={pattern!r} is not valid ({exc})") from None
+    if "index" not in names and "seed" not in names:
         raise RequestError(f"filename_pattern={pattern!r} must contain {{index}} or {{seed}} so files do not overwrite each other")

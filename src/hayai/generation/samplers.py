@@ -7,6 +7,7 @@ training-time betas and timestep spacing of the model are kept and only the samp
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from hayai.errors import RequestError
@@ -52,25 +53,28 @@ FLOW_SAMPLERS: dict[str, SamplerSpec] = {
     "Heun": SamplerSpec("FlowMatchHeunDiscreteScheduler", {}, "Simple"),
 }
 
-# Schedule type -> scheduler config overrides. "Uniform" is the scheduler's own spacing.
+# Schedule type -> scheduler config overrides. "Uniform" is the scheduler's own spacing. Every type sets
+# all three sigma flags, so a model whose config already asks for Karras sigmas still gets what was named.
+_NO_SIGMA_FLAGS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 SCHEDULE_TYPES: dict[str, dict] = {
     "Automatic": {},
-    "Uniform": {},
-    "Karras": {"use_karras_sigmas": True},
-    "Exponential": {"use_exponential_sigmas": True},
-    "Beta": {"use_beta_sigmas": True},
-    "SGM Uniform": {"timestep_spacing": "trailing"},
-    "Simple": {"timestep_spacing": "trailing"},
+    "Uniform": _NO_SIGMA_FLAGS,
+    "Karras": {**_NO_SIGMA_FLAGS, "use_karras_sigmas": True},
+    "Exponential": {**_NO_SIGMA_FLAGS, "use_exponential_sigmas": True},
+    "Beta": {**_NO_SIGMA_FLAGS, "use_beta_sigmas": True},  # needs scipy
+    "SGM Uniform": {**_NO_SIGMA_FLAGS, "timestep_spacing": "trailing"},
+    "Simple": {**_NO_SIGMA_FLAGS, "timestep_spacing": "trailing"},
 }
 
 # Which schedule types each scheduler class honours (others would be silently ignored: refuse them).
 _SIGMA_SCHEDULES = {"Uniform", "Karras", "Exponential", "Beta", "SGM Uniform", "Simple"}
 _SPACING_ONLY = {"Uniform", "SGM Uniform", "Simple"}
+_SIGMAS_ONLY = {"Uniform", "Karras", "Exponential", "Beta"}  # schedulers with no timestep_spacing setting
 _ACCEPTS = {
     "EulerDiscreteScheduler": _SIGMA_SCHEDULES,
     "EulerAncestralDiscreteScheduler": _SPACING_ONLY,
     "DPMSolverMultistepScheduler": _SIGMA_SCHEDULES,
-    "DPMSolverSinglestepScheduler": _SIGMA_SCHEDULES,
+    "DPMSolverSinglestepScheduler": _SIGMAS_ONLY,
     "KDPM2DiscreteScheduler": _SIGMA_SCHEDULES,
     "KDPM2AncestralDiscreteScheduler": _SIGMA_SCHEDULES,
     "HeunDiscreteScheduler": _SIGMA_SCHEDULES,
@@ -134,6 +138,9 @@ def build_scheduler(sampler: str, schedule_type: str, base_config: dict, flow_ma
     cls = getattr(diffusers, spec.scheduler)
     overrides = {**spec.kwargs, **SCHEDULE_TYPES[concrete]}
     if flow_matching:
-        # flow schedulers already space timesteps their own way; "Simple" is their native schedule
-        overrides.pop("timestep_spacing", None)
+        # flow schedulers space timesteps their own way; "Simple" is their native schedule
+        overrides = dict(spec.kwargs)
+    # a scheduler without a sigma option needs no "off" for it (what it must honour, _ACCEPTS guarantees)
+    accepted = inspect.signature(cls.__init__).parameters
+    overrides = {key: value for key, value in overrides.items() if key in accepted or value is not False}
     return cls.from_config(base_config, **overrides)

@@ -77,7 +77,7 @@ def _size(path: Path) -> int:
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES)
+    return [p for p in folder.rglob("*") if p.is_file() and p.suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES]
 
 
 def model_hash(store, path: Path) -> str:
@@ -89,7 +89,7 @@ def model_hash(store, path: Path) -> str:
     path = Path(path)
     if path.is_file():
         return store.file_sha256(path)
-    lines = [f"{p.relative_to(path).as_posix()} {store.file_sha256(p)}\n" for p in _weight_files(path)]
+    lines = sorted(f"{p.relative_to(path).as_posix()} {store.file_sha256(p)}\n" for p in _weight_files(path))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
@@ -162,7 +162,9 @@ class Catalog:
             return source_from_path(path, allow_pickle=allow_pickle, config=Path(config) if config else None)
         entry = self._find(name)
         if entry is not None:
-            if entry.problem and not (allow_pickle and _is_pickle(entry.path)):
+            if _is_pickle(entry.path):  # let the loader's own refusal (UnsafeCheckpointError) through
+                return source_from_path(entry.path, allow_pickle=allow_pickle, config=Path(config) if config else None)
+            if entry.problem:
                 raise ModelError(f"model {entry.name!r} ({entry.path}) cannot be used: {entry.problem}")
             return source_from_path(entry.path, allow_pickle=allow_pickle, config=Path(config) if config else None)
         if name == PLACEHOLDER_NAME:

@@ -56,7 +56,7 @@ def detect_family_from_folder(folder: Path) -> Family:
     index_path = Path(folder) / "model_index.json"
     if not index_path.is_file():
         raise ModelError(f"{folder} is not a diffusers model folder: it has no model_index.json")
-    index = json.loads(index_path.read_text())
+    index = _read_json(index_path)
     class_name = index.get("_class_name", "")
     # img2img / inpaint variants share the family of their text-to-image pipeline
     base = class_name.replace("Img2Img", "").replace("Inpaint", "")
@@ -66,9 +66,19 @@ def detect_family_from_folder(folder: Path) -> Family:
         raise ModelError(f"{folder}: pipeline class {class_name!r} is not supported; hayai runs {known}")
     if family is Family.SD1:
         unet_config = Path(folder) / "unet" / "config.json"
-        if unet_config.is_file() and json.loads(unet_config.read_text()).get("cross_attention_dim") == 1024:
+        if unet_config.is_file() and _read_json(unet_config).get("cross_attention_dim") == 1024:
             family = Family.SD2
     return family
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} cannot be read as JSON ({exc}); the model folder is damaged") from None
+
+
+_ADAPTER_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".alpha", ".hada_", ".lokr_")
 
 
 def detect_family_from_keys(shapes: dict[str, tuple[int, ...]]) -> Family:
@@ -79,6 +89,8 @@ def detect_family_from_keys(shapes: dict[str, tuple[int, ...]]) -> Family:
     `conditioner.embedders.1`, and SD2's OpenCLIP text encoder with 1024-wide cross-attention.
     """
     keys = shapes.keys()
+    if any(marker in key or key.endswith(marker.rstrip(".")) for key in keys for marker in _ADAPTER_MARKERS):
+        raise ModelError("this file holds LoRA/adapter weights, not a model checkpoint: use it as a LoRA")
 
     def has(fragment: str) -> bool:
         return any(fragment in key for key in keys)
