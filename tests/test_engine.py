@@ -197,3 +197,23 @@ def test_scheduler_built_for_each_request_from_the_model_config(tiny_folders):
     scheduler = build_scheduler("DPM++ 2M", "Karras", dict(pipe.scheduler.config), False)
     assert type(scheduler).__name__ == "DPMSolverMultistepScheduler" and scheduler.config.use_karras_sigmas
     assert scheduler.config.beta_schedule == pipe.scheduler.config.beta_schedule
+
+
+def test_interrupted_run_keeps_finished_images_and_is_logged(tiny_folders, tmp_path):
+    """Ctrl-C in the second batch: the first batch's images are complete files, the run says interrupted."""
+    engine = Engine()
+    calls = []
+
+    def stop_in_second_batch(event):
+        calls.append(event)
+        if event.phase == "denoise" and event.done == 3:  # step 1 of batch 2 (2 steps per batch)
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate(GenerationRequest(prompt="x", model=str(tiny_folders[Family.SD1]), steps=2, seed=4,
+                                          batch_count=2, output_dir=str(out)), progress=stop_in_second_batch)
+    run = Store().runs(limit=1)[0]
+    assert run.status == "interrupted" and run.outputs == [str(out / "00000-4.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["00000-4.png"]  # no temporary or partial file
+    assert read_image_metadata(out / "00000-4.png").hayai["image"]["seed"] == 4
