@@ -1,0 +1,277 @@
+"""What the machine can do: devices, memory, precision support, throughput and link speed.
+
+`probe()` measures the machine at hand and returns plain data; `parse_device_spec("8GB CUDA card,
+PCIe 4.0 x8")` describes one that is not there, so every planning decision can be made (and tested)
+for a 4 GB laptop or an 80 GB server from any machine. Importing this module probes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from hayai.errors import RequestError
+
+__all__ = ["DeviceSpec", "MachineInfo", "probe", "parse_device_spec", "known_gpu", "capped", "GIB"]
+
+GIB = 1024**3
+
+# Dense FP16/BF16 tensor throughput with FP32 accumulate (what PyTorch uses), TFLOP/s, from NVIDIA's
+# Ampere (GA102), Ada (AD102) and Hopper whitepapers and product pages; GeForce cards run FP32-accumulate
+# at half the FP16-accumulate rate. Longest names first so "4060 ti" wins over "4060".
+_GPU_TFLOPS: dict[str, float] = {
+    "h200": 989.0, "h100 sxm": 989.0, "h100": 756.0, "h800": 756.0, "a100": 312.0, "l40s": 362.0, "l4": 121.0,
+    "a10": 125.0, "t4": 65.0, "v100": 125.0,
+    "rtx 4090": 165.2, "rtx 4080": 97.5, "rtx 4070 ti": 80.2, "rtx 4070": 58.3, "rtx 4060 ti": 44.1, "rtx 4060": 30.2,
+    "rtx 3090": 71.0, "rtx 3080": 59.5, "rtx 3070": 40.6, "rtx 3060 ti": 32.4, "rtx 3060": 25.6,
+    "rtx 2080 ti": 53.8, "rtx 2070": 29.9, "rtx 2060": 25.8, "gtx 1660": 10.0, "gtx 1080": 9.0,
+}
+# GPUs with FP8 tensor cores (Ada, Hopper and newer) and without BF16 (before Ampere).
+_FP8 = ("h200", "h100", "h800", "l40s", "l4", "rtx 40", "rtx 50")
+_NO_BF16 = ("t4", "v100", "rtx 20", "gtx")
+# PCIe payload bandwidth per lane, GB/s (after 128b/130b encoding), by generation.
+_PCIE_LANE_GBPS = {3: 0.985, 4: 1.969, 5: 3.938}
+_PCIE_EFFICIENCY = 0.8  # what pinned-memory copies reach of the link's payload rate in practice
+# A CPU core with AVX2 FMA: 2 FMA units x 8 fp32 lanes x 2 flops at ~3 GHz; eager PyTorch reaches a fraction.
+_CPU_CORE_GFLOPS = 96.0
+_DEFAULT_GPU_TFLOPS = 30.0  # an unknown CUDA card: assume a mid-range (RTX 4060-class) part
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    kind: str  # "cuda", "rocm", "mps" or "cpu"
+    name: str
+    total_bytes: int  # device memory; host RAM for "cpu"
+    free_bytes: int
+    bf16: bool
+    fp16: bool
+    fp8: bool
+    sdpa: bool  # a fused attention kernel (flash / memory-efficient) that never builds the N x N scores
+    tflops: float  # dense half-precision peak (fp32 for "cpu")
+    link_gbps: float  # host <-> device copy bandwidth, GB/s (0 for "cpu")
+    host_ram_bytes: int
+    compute_capability: tuple[int, int] | None = None
+    host_tflops: float = 8 * _CPU_CORE_GFLOPS / 1000  # the host CPU, for work moved off the device (8 cores)
+    simulated: bool = False
+    index: int = 0
+
+    @property
+    def accelerator(self) -> bool:
+        return self.kind != "cpu"
+
+    @property
+    def torch_device(self) -> str:
+        return {"cuda": f"cuda:{self.index}", "rocm": f"cuda:{self.index}"}.get(self.kind, self.kind)
+
+    @property
+    def half_dtype(self) -> str:
+        return "bfloat16" if self.bf16 else "float16"
+
+    def describe(self) -> str:
+        mem = f"{self.total_bytes / GIB:.1f} GiB"
+        link = f", link {self.link_gbps:.0f} GB/s" if self.accelerator else ""
+        return f"{self.name} ({self.kind}, {mem}, ~{self.tflops:g} TFLOP/s{link}{', simulated' if self.simulated else ''})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    devices: tuple[DeviceSpec, ...]  # accelerators first, the CPU last
+    os: str
+    python: str
+    torch_version: str
+    torch_cuda: str | None  # the CUDA version torch was built for; None for a CPU-only build
+    torch_hip: str | None
+    nvidia_gpu_present: bool  # an NVIDIA driver is installed (whether or not torch can see it)
+    cuda_visible_devices: str | None
+    alloc_conf: str | None
+    disk_free_bytes: int
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best(self) -> DeviceSpec:
+        return self.devices[0]
+
+    @property
+    def cpu(self) -> DeviceSpec:
+        return self.devices[-1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def known_gpu(name: str) -> tuple[float | None, bool, bool]:
+    """(tflops or None, bf16, fp8) for a GPU name, from the tables above."""
+    lower = name.lower()
+    tflops = next((value for key, value in sorted(_GPU_TFLOPS.items(), key=lambda kv: -len(kv[0])) if key in lower), None)
+    fp8 = any(marker in lower for marker in _FP8)
+    bf16 = not any(marker in lower for marker in _NO_BF16)
+    return tflops, bf16, fp8
+
+
+def _host_memory() -> tuple[int, int]:
+    """(total, available) host RAM in bytes."""
+    try:
+        info = Path("/proc/meminfo").read_text()
+        total = int(re.search(r"MemTotal:\s+(\d+)", info).group(1)) * 1024
+        available = int(re.search(r"MemAvailable:\s+(\d+)", info).group(1)) * 1024
+        return total, available
+    except (OSError, AttributeError):
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+        return pages, pages
+
+
+def _nvidia_smi(query: str) -> list[str]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def _cpu_tflops() -> float:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return round(cores * _CPU_CORE_GFLOPS / 1000, 3)
+
+
+def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
+    links = _nvidia_smi("pcie.link.gen.max,pcie.link.width.max")
+    devices = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        free, total = torch.cuda.mem_get_info(index)
+        tflops, bf16_by_name, fp8_by_name = known_gpu(props.name)
+        capability = (props.major, props.minor)
+        link = _PCIE_LANE_GBPS[4] * 16 * _PCIE_EFFICIENCY  # assumed PCIe 4.0 x16 unless nvidia-smi says
+        if index < len(links):
+            try:
+                gen, width = (int(x) for x in links[index].split(","))
+                link = _PCIE_LANE_GBPS.get(gen, _PCIE_LANE_GBPS[4]) * width * _PCIE_EFFICIENCY
+            except ValueError:
+                pass  # "[N/A]" on some virtualised GPUs: keep the assumption
+        devices.append(
+            DeviceSpec(
+                kind="rocm" if getattr(torch.version, "hip", None) else "cuda",
+                name=props.name,
+                total_bytes=int(total),
+                free_bytes=int(free),
+                bf16=bool(torch.cuda.is_bf16_supported()) and bf16_by_name,
+                fp16=True,
+                fp8=capability >= (8, 9) or fp8_by_name,
+                sdpa=hasattr(torch.nn.functional, "scaled_dot_product_attention") and capability >= (7, 5),
+                tflops=tflops or _DEFAULT_GPU_TFLOPS,
+                link_gbps=round(link, 1),
+                host_ram_bytes=host_total,
+                compute_capability=capability,
+                host_tflops=_cpu_tflops(),
+                index=index,
+            )
+        )
+    return devices
+
+
+def _cpu_device(host_total: int, host_free: int) -> DeviceSpec:
+    return DeviceSpec(
+        kind="cpu", name=platform.processor() or platform.machine() or "cpu", total_bytes=host_total,
+        free_bytes=host_free, bf16=False, fp16=False, fp8=False, sdpa=True, tflops=_cpu_tflops(), link_gbps=0.0,
+        host_ram_bytes=host_total, host_tflops=_cpu_tflops(),
+    )
+
+
+def probe() -> MachineInfo:
+    """Measure this machine: every visible accelerator, then the CPU, plus what `hayai doctor` needs."""
+    import torch
+
+    from hayai import paths
+
+    host_total, host_free = _host_memory()
+    devices: list[DeviceSpec] = []
+    if torch.cuda.is_available():
+        devices += _cuda_devices(torch, host_total)
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        # Apple silicon shares RAM with the GPU; macOS lets the GPU use roughly 3/4 of it.
+        devices.append(DeviceSpec("mps", "Apple GPU", int(host_total * 0.75), int(host_free * 0.75), False, True,
+                                  False, True, 10.0, 0.0, host_total, host_tflops=_cpu_tflops()))
+    devices.append(_cpu_device(host_total, host_free))
+    home = paths.hayai_home()
+    disk_root = next((p for p in [home, *home.parents] if p.exists()), Path("/"))
+    versions = {}
+    for package in ("diffusers", "transformers", "accelerate", "safetensors"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            versions[package] = "missing"
+    return MachineInfo(
+        devices=tuple(devices),
+        os=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        torch_version=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        torch_hip=getattr(torch.version, "hip", None),
+        nvidia_gpu_present=bool(_nvidia_smi("name")) or Path("/proc/driver/nvidia/version").exists(),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        disk_free_bytes=shutil.disk_usage(disk_root).free,
+        versions=versions,
+    )
+
+
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb)\b", re.I)
+_PCIE = re.compile(r"pcie\s*(\d)(?:\.0)?\s*x\s*(\d+)", re.I)
+
+
+def parse_device_spec(text: str, *, host_ram_bytes: int = 32 * GIB) -> DeviceSpec:
+    """A device that may not be here, from words: "8GB CUDA card, PCIe 4.0 x8", "RTX 4090", "cpu 16GB".
+
+    Memory sizes are GiB, as card makers mean them. A card named in the throughput table gets its speed;
+    an unnamed one is taken for a mid-range card and its name says so.
+    """
+    lower = text.lower().strip()
+    if not lower:
+        raise RequestError("device spec is empty; e.g. '8GB CUDA card, PCIe 4.0 x8', 'RTX 4090' or 'cpu'")
+    memory = _MEMORY.search(lower)
+    total = None
+    if memory:
+        scale = GIB if memory.group(2).lower() in ("gib", "gb", "g") else 1024**2
+        total = int(float(memory.group(1)) * scale)
+    if lower.startswith("cpu"):
+        total = total or host_ram_bytes
+        return DeviceSpec("cpu", f"simulated CPU ({text.strip()})", total, total, False, False, False, True,
+                          _cpu_tflops(), 0.0, total, simulated=True)
+    tflops, bf16, fp8 = known_gpu(lower)
+    if total is None:
+        raise RequestError(f"device spec {text!r} names no memory size; add one, e.g. '{text.strip()} 8GB'")
+    pcie = _PCIE.search(lower)
+    gen, lanes = (int(pcie.group(1)), int(pcie.group(2))) if pcie else (4, 16)
+    if gen not in _PCIE_LANE_GBPS:
+        raise RequestError(f"device spec {text!r}: PCIe generation {gen} is unknown (3, 4 or 5)")
+    kind = "rocm" if ("rocm" in lower or "amd" in lower or "radeon" in lower) else "cuda"
+    name = text.strip() if tflops else f"{text.strip()} (speed unknown: assumed {_DEFAULT_GPU_TFLOPS:g} TFLOP/s)"
+    # the driver and CUDA context take ~0.3-0.5 GiB of a card before anything is loaded
+    context = int(0.4 * GIB)
+    return DeviceSpec(
+        kind=kind, name=name, total_bytes=total, free_bytes=max(total - context, 0), bf16=bf16, fp16=True, fp8=fp8,
+        sdpa=True, tflops=tflops or _DEFAULT_GPU_TFLOPS,
+        link_gbps=round(_PCIE_LANE_GBPS[gen] * lanes * _PCIE_EFFICIENCY, 1), host_ram_bytes=host_ram_bytes,
+        simulated=True,
+    )
+
+
+def capped(device: DeviceSpec, total_bytes: int) -> DeviceSpec:
+    """The same device with less memory (what `--vram 8GB` simulates on a bigger card)."""
+    used = device.total_bytes - device.free_bytes
+    return replace(device, total_bytes=total_bytes, free_bytes=max(total_bytes - used, 0), simulated=True,
+                   name=f"{device.name} capped to {total_bytes / GIB:.1f} GiB")

@@ -1,0 +1,95 @@
+"""The doctor's findings on machines that are not here, and device specs parsed from words."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hayai.doctor import diagnose
+from hayai.errors import RequestError
+from hayai.hardware import GIB, MachineInfo, capped, parse_device_spec
+from hayai.memory.presets import suggest
+from hayai.models.families import Family
+
+
+def machine(*devices, **overrides) -> MachineInfo:
+    cpu = parse_device_spec("cpu 32GB")
+    fields = dict(devices=(*devices, cpu), os="Linux 6.1", python="3.11.7", torch_version="2.13.0",
+                  torch_cuda="12.8", torch_hip=None, nvidia_gpu_present=bool(devices), cuda_visible_devices=None,
+                  alloc_conf=None, disk_free_bytes=200 * GIB, versions={"diffusers": "0.42.1"})
+    fields.update(overrides)
+    return MachineInfo(**fields)
+
+
+def by_topic(findings):
+    return {f.topic: f for f in findings}
+
+
+def test_cpu_only_torch_on_an_nvidia_machine_is_the_first_problem():
+    findings = diagnose(machine(torch_cuda=None, nvidia_gpu_present=True, torch_version="2.13.0+cpu"))
+    first = findings[0]
+    assert first.level == "problem" and first.topic == "torch build"
+    assert "CPU-only build" in first.message and "download.pytorch.org/whl/cu" in first.fix
+
+
+def test_cuda_build_that_sees_no_gpu_points_at_the_driver_or_visible_devices():
+    hidden = by_topic(diagnose(machine(nvidia_gpu_present=True, cuda_visible_devices="")))["GPU"]
+    assert hidden.level == "problem" and "CUDA_VISIBLE_DEVICES" in hidden.fix
+    driver = by_topic(diagnose(machine(nvidia_gpu_present=True)))["GPU"]
+    assert "driver" in driver.fix
+
+
+def test_small_cards_little_ram_and_disk_are_warned_about():
+    small = parse_device_spec("RTX 2060 4GB")
+    tight = machine(small, disk_free_bytes=5 * GIB, devices=(small, parse_device_spec("cpu 8GB")))
+    topics = by_topic(diagnose(tight))
+    assert topics["VRAM"].level == "warning" and "under 6 GiB" in topics["VRAM"].message
+    assert topics["RAM"].level == "warning" and topics["disk"].level == "warning"
+    roomy = by_topic(diagnose(machine(parse_device_spec("RTX 4090 24GB"))))
+    assert roomy["VRAM"].level == "ok" and roomy["RAM"].level == "ok" and roomy["disk"].level == "ok"
+
+
+def test_windows_gets_the_sysmem_fallback_advice_and_allocator_hint():
+    topics = by_topic(diagnose(machine(parse_device_spec("RTX 4060 8GB"), os="Windows 11")))
+    assert "Prefer No Sysmem Fallback" in topics["sysmem fallback"].fix
+    assert "expandable_segments:True" in topics["allocator"].fix
+    assert "sysmem fallback" not in by_topic(diagnose(machine(parse_device_spec("RTX 4060 8GB"))))
+
+
+def test_device_specs_from_words():
+    card = parse_device_spec("8GB CUDA card, PCIe 4.0 x8")
+    assert card.kind == "cuda" and card.total_bytes == 8 * GIB and card.simulated
+    assert card.link_gbps == pytest.approx(1.969 * 8 * 0.8, abs=0.1)
+    assert "speed unknown" in card.name
+    ada = parse_device_spec("RTX 4060 8GB")
+    assert ada.tflops == 30.2 and ada.fp8 and ada.bf16
+    turing = parse_device_spec("RTX 2070 8GB")
+    assert not turing.bf16 and not turing.fp8 and turing.half_dtype == "float16"
+    assert parse_device_spec("cpu").kind == "cpu"
+    with pytest.raises(RequestError, match="names no memory size"):
+        parse_device_spec("RTX 4090")
+    with pytest.raises(RequestError, match="PCIe generation 7"):
+        parse_device_spec("8GB card PCIe 7.0 x16")
+
+
+def test_capping_keeps_what_others_use():
+    card = dataclasses.replace(parse_device_spec("RTX 4090 24GB"), free_bytes=20 * GIB)
+    small = capped(card, 8 * GIB)
+    assert small.total_bytes == 8 * GIB and small.free_bytes == 4 * GIB
+
+
+@pytest.mark.parametrize(
+    "spec, family, preset, expected",
+    [
+        ("RTX 2060 4GB", Family.SD1, "balanced", ("entry", 1, 640, 25)),
+        ("RTX 4060 8GB", Family.SDXL, "speed", ("middle", 2, 768, 30)),
+        ("RTX 4090 24GB", Family.SDXL, "quality", ("high-end", 8, 1280, 100)),
+        ("RTX 4090 24GB", Family.SD1, "quality", ("high-end", 8, 768, 100)),  # SD1.5 kept near its 512 px
+        ("cpu", Family.SD1, "speed", ("entry", 1, 512, 20)),
+    ],
+)
+def test_presets_follow_seed_000_tiers(spec, family, preset, expected):
+    s = suggest(parse_device_spec(spec), family, preset)
+    assert (s.tier, s.batch_size, s.width, s.steps) == expected and s.width == s.height
+    assert s.allow_lossy == (preset == "speed")
