@@ -1,0 +1,159 @@
+"""Turning a `Strategy` into diffusers calls: the one place that does.
+
+`apply_strategy(pipe, strategy)` takes a freshly loaded pipeline (weights on the CPU) and places it:
+`.to(device, dtype)`, `enable_model_cpu_offload`, `enable_group_offload`, `enable_sequential_cpu_offload`,
+`enable_layerwise_casting`, VAE tiling and slicing, attention slicing, and the batch split. Strategies are
+applied once to a fresh pipeline; stepping down after an out-of-memory error reloads and applies anew
+rather than trying to peel hooks off (reloading from the page cache takes seconds, a half-undone
+offload can take a run).
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import fields, is_dataclass
+
+from hayai.memory.strategies import VAE_TILE_PX, Strategy
+
+__all__ = ["apply_strategy", "is_out_of_memory", "free_memory", "split_denoiser_batch", "encode_device"]
+
+
+def _denoiser(pipe):
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
+def _text_encoders(pipe):
+    return [m for m in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")) if m is not None]
+
+
+def apply_strategy(pipe, strategy: Strategy):
+    """Place `pipe` as `strategy` says. Returns the pipeline."""
+    import torch
+
+    dtype = getattr(torch, strategy.dtype)
+    device = torch.device(strategy.device)
+    placement = strategy.placement
+    if pipe.dtype != dtype:  # (diffusers warns on a same-dtype cast of models that keep fp32 modules)
+        pipe.to(dtype=dtype)
+    if placement in ("resident", "cpu"):
+        pipe.to(device)
+    elif placement == "te_offload":
+        pipe.to(device)
+        _stream_layers(_text_encoders(pipe), device, dtype)
+    elif placement == "te_cpu":
+        pipe.to(device)
+        for encoder in _text_encoders(pipe):
+            encoder.to("cpu", torch.float32)  # half precision on a CPU is slow or unsupported
+    elif placement == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif placement == "group_offload":
+        _group_offload(pipe, device)
+    elif placement == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        raise ValueError(f"strategy.placement={placement!r} is unknown")
+    if strategy.fp8_storage:
+        _denoiser(pipe).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if strategy.vae_tiling:
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
+        if pipe.vae.tile_sample_min_size > VAE_TILE_PX:
+            pipe.vae.tile_sample_min_size = VAE_TILE_PX
+            pipe.vae.tile_latent_min_size = VAE_TILE_PX // pipe.vae_scale_factor
+    if strategy.attention_slicing and hasattr(pipe, "enable_attention_slicing") and getattr(pipe, "unet", None) is not None:
+        pipe.enable_attention_slicing("auto")
+    if strategy.split_batch:
+        split_denoiser_batch(_denoiser(pipe))
+    return pipe
+
+
+def _stream_layers(modules, device, dtype) -> None:
+    """Keep `modules` in host RAM and stream them in layer by layer (prefetched on a CUDA stream)."""
+    from diffusers.hooks import apply_group_offloading
+
+    for module in modules:
+        module.to("cpu")
+        apply_group_offloading(module, onload_device=device, offload_type="leaf_level", use_stream=device.type == "cuda")
+
+
+def _group_offload(pipe, device) -> None:
+    """The denoiser streams block by block; text encoders and VAE layer by layer.
+
+    diffusers' block level takes a model's top-level ModuleLists as blocks and keeps everything else
+    together as one group: right for a UNet or MMDiT, but a T5 encoder has no top-level list and would
+    be onloaded whole (9.5 GB for T5-XXL). Leaf level streams those with prefetching instead.
+    """
+    from diffusers.hooks import apply_group_offloading
+
+    stream = device.type == "cuda"
+    denoiser = _denoiser(pipe)
+    for module in [*_text_encoders(pipe), denoiser, pipe.vae]:
+        level = "block_level" if module is denoiser else "leaf_level"
+        apply_group_offloading(module, onload_device=device, offload_type=level,
+                               num_blocks_per_group=1 if level == "block_level" else None, use_stream=stream)
+
+
+def encode_device(pipe, strategy: Strategy) -> str | None:
+    """Where prompts must be encoded when the pipeline cannot do it itself (text encoders on the CPU)."""
+    return "cpu" if strategy.placement == "te_cpu" else None
+
+
+def split_denoiser_batch(module) -> None:
+    """Run `module` on one sample at a time: the CFG halves and batch items each get their own call.
+
+    The activations of one sample are all that is alive at once; the result is the concatenation, the
+    same numbers up to float rounding of batched kernels.
+    """
+    original = module.forward
+
+    def forward(*args, **kwargs):
+        sample = args[0] if args else next(v for v in kwargs.values() if hasattr(v, "shape"))
+        count = sample.shape[0]
+        if count == 1:
+            return original(*args, **kwargs)
+        outputs = [original(*_take(args, i, count), **_take(kwargs, i, count)) for i in range(count)]
+        return _concat(outputs)
+
+    module.forward = forward
+
+
+def _take(value, index: int, count: int):
+    """Sample `index` of every batch-shaped tensor in a nest of args (tuples, lists, dicts)."""
+    if hasattr(value, "shape") and value.ndim > 0 and value.shape[0] == count:
+        return value[index : index + 1]
+    if isinstance(value, dict):
+        return {k: _take(v, index, count) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_take(v, index, count) for v in value)
+    return value
+
+
+def _concat(outputs):
+    import torch
+
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    if isinstance(first, tuple):
+        return tuple(_concat([o[i] for o in outputs]) for i in range(len(first)))
+    if is_dataclass(first):  # diffusers' BaseOutput
+        return type(first)(**{f.name: _concat([getattr(o, f.name) for o in outputs]) for f in fields(first)})
+    return first
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA/ROCm/MPS/CPU allocation failures, which PyTorch raises under different types and words."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
