@@ -16,7 +16,7 @@ from typing import Any
 from .. import paths
 from ..errors import HayaiError
 from . import catalog_entries as catalog
-from . import hashes, history
+from . import hashes, history, strategy_memory
 from .catalog_entries import CatalogEntry
 from .history import Run
 from .migrations import migrate
@@ -148,6 +148,17 @@ class Store:
         """Every registration, oldest first."""
         with self._lock:
             return catalog.list_entries(self._conn)
+
+    # -- the planner's memory --------------------------------------------------------------------
+
+    def remember_strategy(self, key: tuple[str, str, int, int, int], strategy: dict) -> None:
+        """Record the strategy that ran to the end for (model_hash, device_key, width, height, batch)."""
+        with self._lock:
+            strategy_memory.remember(self._conn, key, strategy, now=_now())
+
+    def recall_strategy(self, key: tuple[str, str, int, int, int]) -> dict | None:
+        with self._lock:
+            return strategy_memory.recall(self._conn, key)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -49,6 +49,19 @@ MIGRATIONS: list[str] = [
         added_at TEXT NOT NULL
     );
     """,
+    # 2: what ran for (model, device, size, batch): the planner's memory, so the next run starts there.
+    """
+    CREATE TABLE strategy_memory (
+        model_hash  TEXT NOT NULL,
+        device_key  TEXT NOT NULL,                    -- kind, name and memory size of the device
+        width       INTEGER NOT NULL,
+        height      INTEGER NOT NULL,
+        batch_size  INTEGER NOT NULL,
+        strategy    TEXT NOT NULL,                    -- JSON object (hayai.memory.strategies.Strategy)
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (model_hash, device_key, width, height, batch_size)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

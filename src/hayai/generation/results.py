@@ -1,0 +1,72 @@
+"""What a run hands back: progress events while it runs, images and facts when it ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hayai.generation.request import GenerationRequest
+from hayai.generation.timing import MemoryReading
+from hayai.models.families import Family
+
+__all__ = ["ProgressEvent", "ProgressCallback", "GeneratedImage", "GenerationResult"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    phase: str  # "load", "denoise", "save"
+    done: int
+    total: int
+    detail: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class GeneratedImage:
+    path: Path | None  # None when the run was not saved
+    seed: int
+    index: int  # position in the run (0-based)
+    infotext: str
+    image: object = field(repr=False)  # PIL.Image.Image
+
+
+@dataclass
+class GenerationResult:
+    run_id: int | None
+    request: GenerationRequest  # resolved: concrete seed, sampler, size
+    images: list[GeneratedImage]
+    model: str
+    model_hash: str
+    family: Family
+    device: str
+    dtype: str
+    timings: dict[str, float]
+    peak_memory: MemoryReading
+    placeholder: bool
+    strategy: str = ""  # the execution strategy that finished the run
+    plan_reason: str = ""
+    events: list[dict] = field(default_factory=list)  # out-of-memory step-downs, in order
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "request": self.request.to_dict(),
+            "images": [{"path": str(i.path) if i.path else None, "seed": i.seed, "index": i.index} for i in self.images],
+            "model": self.model,
+            "model_hash": self.model_hash[:10],
+            "family": self.family.value,
+            "device": self.device,
+            "dtype": self.dtype,
+            "strategy": self.strategy,
+            "plan_reason": self.plan_reason,
+            "events": self.events,
+            "timings": self.timings,
+            "peak_memory_bytes": self.peak_memory.peak_bytes,
+            "peak_memory_kind": self.peak_memory.kind,
+            "placeholder": self.placeholder,
+            "warnings": self.warnings,
+        }

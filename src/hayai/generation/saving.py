@@ -1,0 +1,83 @@
+"""Writing generated images with their records, and reading a record back into a request."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from pathlib import Path
+
+from hayai import __version__
+from hayai.errors import HayaiError
+from hayai.generation.imagefile import read_image_metadata, save_image, unique_path
+from hayai.generation.infotext import format_infotext, parse_infotext, request_from_infotext, request_to_params
+from hayai.generation.request import GenerationRequest
+from hayai.generation.results import GeneratedImage
+
+__all__ = ["finish_image", "request_from_image", "slug"]
+
+
+def finish_image(image, request: GenerationRequest, model: dict, seed: int, position: int, batch_index: int,
+                 out_dir: Path, index: int, save: bool, runtime: dict) -> GeneratedImage:
+    """The infotext of one image and, when saving, the file (atomic) with the run's full record.
+
+    `model` holds name, sha256, family, path, hub_id; `runtime` the device, dtype and strategy.
+    """
+    image_request = dataclasses.replace(request, seed=seed)
+    params = request_to_params(image_request, model_name=model["name"], model_hash=model["sha256"][:10],
+                               version=f"hayai {__version__}")
+    infotext = format_infotext(request.prompt, request.negative_prompt, params)
+    if not save:
+        return GeneratedImage(None, seed, position, infotext, image)
+    meta = {
+        "version": __version__,
+        "request": request.to_dict(),  # the whole run: its seed is the run's first seed
+        "image": {"index": position, "seed": seed, "batch_index": batch_index},
+        "model": model,
+        **runtime,
+    }
+    now = _dt.datetime.now()
+    stem = request.filename_pattern.format(
+        index=index, seed=seed, batch_index=batch_index, prompt=slug(request.prompt), model=slug(model["name"]),
+        steps=request.steps, cfg=request.cfg_scale, sampler=slug(request.sampler), width=request.width,
+        height=request.height, date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"),
+    )
+    path = unique_path(out_dir / f"{stem}.{request.image_format}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_image(image, path, infotext=infotext, hayai_meta=meta)
+    return GeneratedImage(path, seed, position, infotext, image)
+
+
+def request_from_image(image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
+    """The request that made an image, and which image of that run it was.
+
+    hayai images carry the whole run, so the same batch is re-run and only that image kept (a batch
+    of 4 is not bit-identical to 4 batches of 1 on every device). For images from A1111 and other
+    tools only the infotext exists: the image is re-made alone from its own seed.
+    """
+    meta = read_image_metadata(Path(image_path))
+    warnings: list[str] = []
+    if meta.hayai is not None:
+        data = dict(meta.hayai["request"])
+        image = meta.hayai["image"]
+        batch_size = data["batch_size"]
+        batch_start = image["index"] - image["batch_index"]
+        data.update(seed=data["seed"] + batch_start, batch_count=1)
+        model = meta.hayai["model"]
+        if model.get("path") and Path(model["path"]).exists():
+            data["model"] = model["path"]
+        elif model.get("hub_id"):
+            data["model"] = model["hub_id"]
+        keep = {image["batch_index"]} if batch_size > 1 else None
+        return GenerationRequest.from_dict(data), keep, warnings
+    if meta.infotext is None:
+        raise HayaiError(f"{image_path} carries no generation parameters (no A1111 infotext, no hayai data)")
+    request, unused = request_from_infotext(parse_infotext(meta.infotext))
+    if unused:
+        warnings.append(f"ignored infotext keys hayai does not apply yet: {', '.join(sorted(unused))}")
+    return request, None, warnings
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe short form of a prompt or name."""
+    keep = "".join(c if c.isalnum() or c in "-_" else "_" if c in " ,.;:" else "" for c in text)
+    return "_".join(part for part in keep.split("_") if part)[:limit] or "untitled"
