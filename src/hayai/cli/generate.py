@@ -32,6 +32,10 @@ def generate(
     image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp [png]."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Regenerate the image this file's metadata describes."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="speed, balanced or quality: fills size, batch and steps you did not set, from this machine's tier."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB (a real cap on CUDA)."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (see `hayai plan`) instead of the planner's choice."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps [the best one here]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
 ) -> None:
@@ -53,8 +57,13 @@ def generate(
         if "prompt" not in given:
             raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
         request = GenerationRequest(**given)  # bad input fails here, before any model is touched
+    from hayai.cli.plan import parse_size
+
+    cap = parse_size(vram) if vram else None
     silence_library_progress()
-    engine = Engine(allow_pickle=allow_pickle)
+    engine = Engine(allow_pickle=allow_pickle, vram=cap, strategy=strategy, device=device)
+    if preset is not None and request is not None:
+        request = _with_preset(engine, request, given, preset)
     try:
         with progress_printer(enabled=not (quiet or as_json)) as on_progress:
             if request is None:
@@ -79,6 +88,24 @@ def generate(
         f"[dim]{result.model} ({result.family.value}) on {result.device}/{result.dtype}: {phases}; "
         f"peak memory {peak} ({result.peak_memory.kind})[/]"
     )
+    console.print(f"[dim]strategy {result.plan_reason}[/]")
+    for event in result.events:
+        console.print(f"[yellow]out of memory[/] during {event['phase']} with {event['strategy']}: "
+                      f"stepped down to {event['next']}")
+
+
+def _with_preset(engine, request, given: dict, preset: str):
+    """Fill the size, batch and steps the user left unset from the preset's tier for this device."""
+    import dataclasses
+
+    from hayai.memory.presets import suggest
+
+    source = engine.catalog.resolve(request.model, allow_pickle=engine.allow_pickle, config=request.model_config)
+    suggestion = suggest(engine.device_spec, source.family, preset)
+    engine.allow_lossy = suggestion.allow_lossy
+    fill = {"width": suggestion.width, "height": suggestion.height, "batch_size": suggestion.batch_size,
+            "steps": suggestion.steps}
+    return dataclasses.replace(request, **{k: v for k, v in fill.items() if k not in given})
 
 
 def info(

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from hayai.cli import generate, history, models
+from hayai.cli import generate, history, models, plan
 
 app = typer.Typer(
     name="hayai",
@@ -22,6 +22,8 @@ app = typer.Typer(
 app.command("generate")(generate.generate)
 app.command("info")(generate.info)
 app.command("history")(history.history)
+app.command("doctor")(plan.doctor)
+app.command("plan")(plan.plan)
 app.add_typer(models.app, name="models")
 
 

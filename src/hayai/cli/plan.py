@@ -1,0 +1,127 @@
+"""`hayai doctor` and `hayai plan`: what this machine can do, and how a run would execute on it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from hayai.cli.output import console
+
+
+def parse_size(text: str) -> int:
+    """'8GB', '7.5 GiB', '6144MB' -> bytes (GiB, as card makers mean GB)."""
+    from hayai.errors import RequestError
+    from hayai.hardware import _MEMORY, GIB
+
+    match = _MEMORY.fullmatch(text.strip().lower()) or _MEMORY.fullmatch(text.strip().lower() + "gb")
+    if not match:
+        raise RequestError(f"--vram={text!r} is not a size; write e.g. 8GB or 6144MB")
+    scale = GIB if match.group(2).lower() in ("gib", "gb", "g") else 1024**2
+    return int(float(match.group(1)) * scale)
+
+
+def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.")) -> None:
+    """Check this machine for the usual causes of slow or failing generation."""
+    from hayai.doctor import diagnose
+    from hayai.hardware import probe
+
+    machine = probe()
+    findings = diagnose(machine)
+    if as_json:
+        sys.stdout.write(json.dumps({"machine": machine.to_dict(), "findings": [f.to_dict() for f in findings]},
+                                    indent=2) + "\n")
+        return
+    marks = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warning": "[yellow]warning[/]", "problem": "[red]problem[/]"}
+    for finding in findings:
+        console.print(f"{marks[finding.level]:>20}  {finding.topic}: {finding.message}")
+        if finding.fix:
+            console.print(f"{'':>10}  fix: {finding.fix}")
+
+
+def plan(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model, or arch:sd15 / arch:sdxl / arch:sd35m."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width [the family's native size]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height [the family's native size]."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Images per pass."),
+    steps: int = typer.Option(20, "--steps", help="Denoising steps."),
+    cfg: float = typer.Option(7.0, "--cfg", help="CFG scale (above 1 doubles the denoiser's batch)."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much device memory, e.g. 8GB."),
+    device: Optional[str] = typer.Option(None, "--device", help='A device that is not here, e.g. "RTX 4060 8GB, PCIe 4.0 x8".'),
+    show_all: bool = typer.Option(False, "--all", help="Also show candidates another one beats on both memory and time."),
+    as_json: bool = typer.Option(False, "--json", help="The plan as JSON."),
+) -> None:
+    """Every execution strategy with its predicted peak memory and time, and the one hayai would pick."""
+    from hayai.hardware import GIB
+    from hayai.memory.planner import PlanRequest
+    from hayai.memory.planner import plan as make_plan
+    from hayai.memory.presets import PRESETS, suggest
+
+    facts, label = _facts(model)
+    spec = _device(device, vram)
+    side = facts.native_size
+    shape = PlanRequest(width or side, height or side, batch, cfg > 1, steps)
+    result = make_plan(facts, shape, spec)
+    suggestions = [suggest(spec, facts.family, p) for p in PRESETS]
+    if as_json:
+        sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
+                                     "presets": [s.to_dict() for s in suggestions]}, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    console.print(f"{label} at {shape.width}x{shape.height}, batch {shape.batch_size}, {shape.steps} steps on "
+                  f"{spec.describe()}; budget {result.budget_bytes / GIB:.2f} GiB")
+    table = Table("", "strategy", "fits", "peak GiB", "encode/denoise/decode GiB", "est. s", box=None)
+    shown = [e for e in result.candidates if show_all or e is result.chosen or not _dominated(e, result.candidates)]
+    for e in shown:
+        phases = "/".join(f"{e.phase_bytes[p] / GIB:.1f}" for p in ("text_encode", "denoise", "vae_decode"))
+        table.add_row("→" if e is result.chosen else "", e.strategy.name, "yes" if e.fits else "[red]no[/]",
+                      f"{e.peak_bytes / GIB:.2f}", phases, f"{e.seconds:.1f}")
+    console.print(table)
+    if len(shown) < len(result.candidates):
+        console.print(f"[dim]{len(result.candidates) - len(shown)} candidates that another beats on both memory "
+                      "and time are hidden (--all shows them)[/]")
+    console.print(f"chosen: {result.reason}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    for s in suggestions:
+        console.print(f"preset {s.preset:>8} ({s.tier} tier): {s.width}x{s.height}, batch {s.batch_size}, {s.steps} steps")
+
+
+def _dominated(candidate, everyone) -> bool:
+    """Another candidate needs no more memory and no more time, and is better at one of them."""
+    return any(
+        o.peak_bytes <= candidate.peak_bytes and o.seconds <= candidate.seconds
+        and (o.peak_bytes < candidate.peak_bytes or o.seconds < candidate.seconds)
+        and o.fits >= candidate.fits and o.strategy.lossless >= candidate.strategy.lossless
+        for o in everyone
+    )
+
+
+def _facts(model: str | None):
+    from hayai.memory.facts import facts_for_architecture, facts_from_folder
+    from hayai.models.catalog import Catalog
+    from hayai.models.families import Family
+    from hayai.store import Store
+
+    if model and model.startswith("arch:"):
+        return facts_for_architecture(model.split(":", 1)[1]), model
+    source = Catalog(Store()).resolve(model)
+    if source.kind == "folder":
+        return facts_from_folder(source.path), source.name
+    standard = {Family.SD1: "sd15", Family.SD2: "sd15", Family.SDXL: "sdxl", Family.SD3: "sd35m"}[source.family]
+    return facts_for_architecture(standard), f"{source.name} (planned as the standard {standard} architecture)"
+
+
+def _device(device: str | None, vram: str | None):
+    from hayai.hardware import capped, parse_device_spec, probe
+
+    if device:
+        spec = parse_device_spec(device)
+    else:
+        spec = probe().best
+        if vram and not spec.accelerator:  # no GPU here: plan for a generic card of that size
+            return parse_device_spec(f"{vram} CUDA card")
+    return capped(spec, parse_size(vram)) if vram else spec
