@@ -169,9 +169,8 @@ def test_extras_come_back_unused_and_unquoted():
     extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "Hires upscale": 1.5}
     back, unused = request_from_infotext(parse_infotext(infotext_of(make_request(), extra)))
     assert back == make_request()
-    assert list(unused.items()) == [
+    assert list(unused.items()) == [  # Lora hashes are used: the LoRAs come back through the prompt's tags
         ("Model hash", MODEL_HASH),
-        ("Lora hashes", "add_detail: 7c6bad76eb54, style: 0123456789ab"),
         ("Hires upscale", "1.5"),
         ("Version", VERSION),
     ]
@@ -203,7 +202,7 @@ def test_parse_a1111_1_10_infotext():
     )
     assert list(unused) == [
         "Model hash", "VAE hash", "VAE", "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler",
-        "Lora hashes", "Version",
+        "Version",
     ]
 
 

@@ -30,6 +30,8 @@ def generate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [$HAYAI_HOME/outputs]."),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="File name pattern [{index:05d}-{seed}]."),
     image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp [png]."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", "-l", help="NAME:W or NAME:TE_W:UNET_W; repeat for several. <lora:NAME:W> in the prompt works too."),
+    lora_partial: bool = typer.Option(False, "--lora-partial", help="Apply a LoRA even if some of its keys match no layer (a warning, not an error)."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Regenerate the image this file's metadata describes."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="speed, balanced or quality: fills size, batch and steps you did not set, from this machine's tier."),
@@ -49,7 +51,8 @@ def generate(
         "steps": steps, "cfg_scale": cfg, "sampler": sampler, "schedule_type": schedule, "width": width,
         "height": height, "seed": seed, "batch_size": batch_size, "batch_count": batch_count,
         "clip_skip": clip_skip, "output_dir": str(output) if output else None, "filename_pattern": pattern,
-        "image_format": image_format,
+        "image_format": image_format, "loras": tuple(lora) if lora else None,
+        "lora_partial": True if lora_partial else None,
     }
     given = {key: value for key, value in given.items() if value is not None}
     request = None

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from hayai.cli import generate, history, models, plan
+from hayai.cli import generate, history, lora, models, plan, prompt
 
 app = typer.Typer(
     name="hayai",
@@ -25,6 +25,8 @@ app.command("history")(history.history)
 app.command("doctor")(plan.doctor)
 app.command("plan")(plan.plan)
 app.add_typer(models.app, name="models")
+app.add_typer(lora.app, name="lora")
+app.add_typer(prompt.app, name="prompt")
 
 
 def _quiet_libraries() -> None:

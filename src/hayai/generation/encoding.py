@@ -4,9 +4,6 @@
 embeddings hayai computes itself (see `hayai.prompts.embed`): weights, BREAK, prompts past 75 tokens,
 LoRA tags removed, A1111 clip skip on the prompt and the negative alike. A prompt that uses prompt
 editing (`[a:b:0.5]`, `[a|b]`) also gets a step callback that swaps the embeddings when the text changes.
-
-`encode_overrides` is the clip-skip-only encoder the engine used before; it stays until the engine
-calls `prompt_kwargs`.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from hayai.models.families import Family
 from hayai.prompts.embed import Conditioning, encode_texts
 from hayai.prompts.parser import ScheduledText, index_at_step, parse_prompt
 
-__all__ = ["PromptSchedule", "encode_overrides", "prompt_kwargs"]
+__all__ = ["PromptSchedule", "prompt_kwargs"]
 
 
 def prompt_kwargs(
@@ -128,31 +125,3 @@ class PromptSchedule:
 
 
 # --- the engine's previous entry point -----------------------------------------------------------
-
-
-def encode_overrides(pipe, family: Family, kwargs: dict, clip_skip: int) -> dict:
-    """The pipeline kwargs with prompts replaced by embeddings where clip skip needs it (SD1/SD2).
-
-    Superseded by `prompt_kwargs`, which handles every prompt; kept until the engine switches over.
-    """
-    if clip_skip <= 1 or family not in (Family.SD1, Family.SD2):
-        return kwargs
-    kwargs = dict(kwargs)
-    prompt, negative = kwargs.pop("prompt"), kwargs.pop("negative_prompt")
-    kwargs.pop("clip_skip", None)
-    kwargs["prompt_embeds"] = _clip_hidden(pipe, prompt, clip_skip)
-    kwargs["negative_prompt_embeds"] = _clip_hidden(pipe, negative, clip_skip)
-    return kwargs
-
-
-def _clip_hidden(pipe, text: str, clip_skip: int):
-    import torch
-
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    ids = tokenizer(
-        text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(encoder.device)
-    with torch.no_grad():
-        hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-        final_norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 nests it
-        return final_norm(hidden).to(encoder.dtype)

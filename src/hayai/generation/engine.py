@@ -15,7 +15,7 @@ the engine is pixel-identical to one from diffusers with the same settings.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hayai import __version__, paths
@@ -28,6 +28,7 @@ from hayai.generation.samplers import build_scheduler
 from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
 from hayai.hardware import DeviceSpec, capped, probe
+from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
 from hayai.memory.apply import apply_strategy, encode_device, free_memory
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, PlanRequest, plan
@@ -35,6 +36,7 @@ from hayai.memory.strategies import Strategy, candidates
 from hayai.models.catalog import Catalog, is_placeholder, model_hash
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
+from hayai.prompts.parser import parse_prompt
 
 __all__ = ["Engine", "GenerationResult", "GeneratedImage", "LoadedModel", "ProgressEvent", "pipeline_kwargs"]
 
@@ -50,7 +52,10 @@ class LoadedModel:
     base_scheduler_config: dict
     native_size: tuple[int, int]
     facts: object  # hayai.memory.facts.ModelFacts
+    loras: LoraSet  # the LoRAs patched into this pipeline's weights
     strategy: Strategy | None = None  # how the pipeline is placed now (None: as loaded, on the CPU)
+    lora_specs: tuple[LoraSpec, ...] = ()  # what `loras` holds now
+    applied_loras: list[AppliedLora] = field(default_factory=list)
 
     @property
     def family(self) -> Family:
@@ -106,7 +111,7 @@ class Engine:
         self._loaded = LoadedModel(
             source=source, pipe=pipe, sha256=model_hash(self.store, source.path), load_dtype=self.load_dtype,
             base_scheduler_config=dict(pipe.scheduler.config), native_size=native_size(pipe),
-            facts=facts_from_pipeline(pipe, source.family),
+            facts=facts_from_pipeline(pipe, source.family), loras=LoraSet(pipe, source.family, resolver=self._find_lora),
         )
         emit(ProgressEvent("load", 1, 1, source.name))
         return self._loaded
@@ -138,15 +143,31 @@ class Engine:
         names = ", ".join(s.name for s in options)
         raise RequestError(f"strategy={self.forced_strategy!r} is not available on this device; choose one of: {names}")
 
-    def _place(self, loaded: LoadedModel, strategy: Strategy) -> None:
-        if loaded.strategy == strategy:
+    def _find_lora(self, name: str) -> Path:
+        return find_lora(name, self.store)
+
+    def _prepare(self, loaded: LoadedModel, strategy: Strategy, specs: tuple[LoraSpec, ...], partial: bool) -> None:
+        """Patch the LoRAs in and place the pipeline as `strategy` says, reloading only when needed.
+
+        LoRAs are patched into the weights before placement. A placed pipeline takes new LoRA weights in
+        place when its weights are whole tensors somewhere (resident, CPU, model offload); streamed or
+        fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone).
+        """
+        if loaded.strategy == strategy and loaded.lora_specs == specs:
             return
-        if loaded.strategy is not None:  # hooks and placements are not undone: start from a fresh load
+        patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
+        fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
+        if fresh:
             loaded.pipe = None
             free_memory()
             loaded.pipe = self._load_pipe(loaded.source)
-        apply_strategy(loaded.pipe, strategy)
-        loaded.strategy = strategy
+            loaded.loras = LoraSet(loaded.pipe, loaded.family, resolver=self._find_lora)
+            loaded.strategy = None
+        loaded.applied_loras = loaded.loras.apply(list(specs), partial=partial)
+        loaded.lora_specs = specs
+        if loaded.strategy != strategy:
+            apply_strategy(loaded.pipe, strategy)
+            loaded.strategy = strategy
 
     def _memory_key(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[str, str, int, int, int]:
         spec = self.device_spec
@@ -162,9 +183,12 @@ class Engine:
         with timer.phase("load"):
             loaded = self.load(request.model, model_config=request.model_config, progress=emit)
         resolved = request.resolve(loaded.family, loaded.native_size)
+        requested_loras = [LoraSpec.parse(text) for text in resolved.loras]
+        specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
+                                    + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved)
         with timer.phase("load"):
-            self._place(loaded, strategy)
+            self._prepare(loaded, strategy, specs, resolved.lora_partial)
         seeds = resolved.seeds()
         run_id = self.store.start_run("generate", request=resolved.to_dict(), model=loaded.source.name,
                                       model_hash=loaded.sha256, device=self.device_spec.torch_device)
@@ -185,7 +209,8 @@ class Engine:
                         continue
                     with timer.phase("save"):
                         generated = finish_image(image, resolved, self._model_record(loaded), seed, position, offset,
-                                                 out_dir, index, save, self._runtime_record(loaded))
+                                                 out_dir, index, save, self._runtime_record(loaded),
+                                                 loras=loaded.applied_loras, requested_loras=requested_loras)
                     images.append(generated)
                     index += 1
                     emit(ProgressEvent("save", len(images), len(_keep) if _keep else len(seeds), str(generated.path or "")))
@@ -202,7 +227,7 @@ class Engine:
             self.store.finish_run(run_id, status=status, seeds=seeds, timings=timer.as_dict(),
                                   peak_memory_bytes=reading.peak_bytes, outputs=[str(i.path) for i in images if i.path],
                                   error=error, events=[{"plan": reason}, *events])
-        warnings = list(the_plan.warnings)
+        warnings = list(the_plan.warnings) + [w for applied in loaded.applied_loras for w in applied.warnings]
         if loaded.placeholder:
             warnings.append(
                 "no model is installed: this image comes from a tiny placeholder with random weights, so it is noise. "
@@ -211,7 +236,7 @@ class Engine:
         return GenerationResult(
             run_id, resolved, images, loaded.source.name, loaded.sha256, loaded.family, loaded.strategy.device,
             loaded.strategy.dtype, timer.as_dict(), reading, loaded.placeholder, loaded.strategy.name, reason, events,
-            warnings,
+            warnings, loras=[applied.to_dict() for applied in loaded.applied_loras],
         )
 
     def _run_with_recovery(self, loaded, the_plan, request, seeds, timer, emit, batch, total_steps, events):
@@ -232,7 +257,7 @@ class Engine:
                     ) from oom
                 events.append({"event": "out_of_memory", "phase": oom.phase, "strategy": failed.name, "next": leaner[0].name})
                 with timer.phase("load"):
-                    self._place(loaded, leaner[0])
+                    self._prepare(loaded, leaner[0], loaded.lora_specs, request.lora_partial)
 
     def _model_record(self, loaded: LoadedModel) -> dict:
         return {"name": loaded.source.name, "sha256": loaded.sha256, "family": loaded.family.value,

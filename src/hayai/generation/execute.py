@@ -2,13 +2,14 @@
 
 The engine's images must be those of diffusers itself, so this module only adds observers: forward
 hooks that charge time to phases and note which phase is running (so an out-of-memory error names
-it), and the step callback for progress. Prompts are encoded outside the pipeline only where the
-pipeline cannot do it as A1111 does (clip skip) or where the text encoders live on another device.
+it), and the step callback for progress. Prompts are encoded by hayai (A1111 syntax, long prompts,
+clip skip; `hayai.generation.encoding`) into the embeddings the pipeline would make itself for a plain
+prompt, and handed to the pipeline with the rest of the plain call.
 """
 
 from __future__ import annotations
 
-from hayai.generation.encoding import encode_overrides
+from hayai.generation.encoding import prompt_kwargs
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import ProgressEvent
 from hayai.memory.apply import is_out_of_memory
@@ -57,14 +58,19 @@ def _denoiser(pipe):
 
 def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int], *, timer, emit, batch: int,
               total_steps: int, encode_on: str | None = None):
-    """One pipeline call; charges text encoding (hooks), denoising (to the last step) and decoding."""
+    """One pipeline call; charges text encoding (hooks), denoising (to the last step) and decoding.
+
+    `encode_on` names the device the text encoders run on when it is not the denoiser's.
+    """
     phase = ["text_encode"]
     last_step = [0.0]
+    schedule = [None]
 
-    def on_step_end(_pipe, step, _timestep, _kwargs):
+    def on_step_end(pipeline, step, timestep, tensors):
+        out = schedule[0](pipeline, step, timestep, tensors) if schedule[0] else {}
         last_step[0] = timer.now()
         emit(ProgressEvent("denoise", batch * request.steps + step + 1, total_steps))
-        return {}
+        return out
 
     def entering(name):
         def hook(_module, _args):
@@ -74,14 +80,19 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
     # prepended: the phase is known before any other hook (or the module itself) can fail
     handles = [_denoiser(pipe).register_forward_pre_hook(entering("denoise"), prepend=True),
                pipe.vae.decoder.register_forward_pre_hook(entering("vae_decode"), prepend=True)]
+    kwargs = pipeline_kwargs(request, seeds)
+    for replaced in ("prompt", "negative_prompt", "clip_skip"):
+        kwargs.pop(replaced, None)
     before_encode = timer.seconds["text_encode"]
     start = timer.now()
     try:
         with timer.hooked(_encoders(pipe), "text_encode"):
-            kwargs = encode_overrides(pipe, family, pipeline_kwargs(request, seeds), request.clip_skip)
-            if encode_on is not None:
-                kwargs = _encode_outside(pipe, family, kwargs, request)
-            output = pipe(**kwargs, callback_on_step_end=on_step_end, output_type="pil")
+            embeds, schedule[0] = prompt_kwargs(pipe, family, request.prompt, request.negative_prompt, request.clip_skip,
+                                                steps=request.steps, images=len(seeds), device=encode_on)
+            if encode_on is not None:  # hand the embeddings to the denoiser's device and dtype
+                target = _denoiser(pipe)
+                embeds = {k: v.to(target.device, target.dtype) if hasattr(v, "to") else v for k, v in embeds.items()}
+            output = pipe(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type="pil")
     except Exception as error:
         if is_out_of_memory(error):
             raise OutOfMemoryInPhase(phase[0], error) from error
@@ -94,28 +105,3 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
     timer.add("denoise", last_step[0] - start - encode_seconds)
     timer.add("vae_decode", end - last_step[0])
     return output.images
-
-
-def _encode_outside(pipe, family: Family, kwargs: dict, request: GenerationRequest) -> dict:
-    """Encode the prompts where the text encoders are (the CPU), then hand the embeddings to the denoiser's device."""
-    if "prompt_embeds" in kwargs:
-        embeds = {k: kwargs.pop(k) for k in ("prompt_embeds", "negative_prompt_embeds")}
-    else:
-        encoder = _encoders(pipe)[0]
-        common = dict(device=encoder.device, num_images_per_prompt=1,
-                      do_classifier_free_guidance=request.cfg_scale > 1, negative_prompt=kwargs.pop("negative_prompt"))
-        skip = kwargs.pop("clip_skip", None)
-        prompt = kwargs.pop("prompt")
-        if family in (Family.SD1, Family.SD2):
-            positive, negative = pipe.encode_prompt(prompt, clip_skip=skip, **common)
-            embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
-        else:
-            extra = {"prompt_2": None, "prompt_3": None} if family is Family.SD3 else {"prompt_2": None}
-            positive, negative, pooled, negative_pooled = pipe.encode_prompt(prompt, clip_skip=skip, **extra, **common)
-            embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative,
-                      "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
-    target = _denoiser(pipe)
-    kwargs.pop("prompt", None)
-    kwargs.pop("negative_prompt", None)
-    kwargs.update({k: v.to(target.device, target.dtype) for k, v in embeds.items() if v is not None})
-    return kwargs

@@ -31,7 +31,8 @@ _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 _NEGATIVE = "Negative prompt:"
 
 # keys `request_from_infotext` turns into request fields
-_REQUEST_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model")
+_REQUEST_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model",
+                 "Lora hashes")  # the LoRAs themselves come back through the prompt's <lora:...> tags
 # keys `request_to_params` writes itself; `extra` may not repeat them
 _STANDARD_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "Version")
 

@@ -52,6 +52,8 @@ class GenerationRequest:
     output_dir: str | None = None  # None: $HAYAI_HOME/outputs
     filename_pattern: str = DEFAULT_FILENAME_PATTERN
     image_format: str = "png"
+    loras: tuple[str, ...] = ()  # "NAME", "NAME:W" or "NAME:TE_W:UNET_W"; <lora:...> tags in the prompt work too
+    lora_partial: bool = False  # apply a LoRA whose keys do not all match the model (warn instead of failing)
 
     def __post_init__(self) -> None:
         _check_type(self, "prompt", str)
@@ -99,6 +101,7 @@ class GenerationRequest:
         if self.image_format not in IMAGE_FORMATS:
             raise RequestError(f"image_format={self.image_format!r} must be one of: {', '.join(IMAGE_FORMATS)}")
         _check_pattern(self.filename_pattern)
+        _check_loras(self)
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -149,6 +152,27 @@ class GenerationRequest:
         if "prompt" not in data:
             raise RequestError("the request has no 'prompt' field")
         return cls(**data)
+
+
+def _check_loras(request: GenerationRequest) -> None:
+    """LoRA specs and prompt tags are checked here, so a typo fails before any model loads."""
+    from hayai.errors import HayaiError
+    from hayai.lora.apply import LoraSpec
+    from hayai.prompts.parser import parse_prompt
+
+    if isinstance(request.loras, list):  # JSON round trips give lists
+        object.__setattr__(request, "loras", tuple(request.loras))
+    if not isinstance(request.loras, tuple) or not all(isinstance(item, str) for item in request.loras):
+        raise RequestError(f"loras={request.loras!r} must be a list of 'NAME', 'NAME:W' or 'NAME:TE_W:UNET_W'")
+    if not isinstance(request.lora_partial, bool):
+        raise RequestError(f"lora_partial={request.lora_partial!r} must be true or false")
+    try:
+        for text in request.loras:
+            LoraSpec.parse(text)
+    except HayaiError as error:
+        raise RequestError(f"loras: {error}") from None
+    parse_prompt(request.prompt)
+    parse_prompt(request.negative_prompt)
 
 
 def _check_type(request: GenerationRequest, name: str, kind: type | tuple[type, ...]) -> None:

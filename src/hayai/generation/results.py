@@ -50,6 +50,7 @@ class GenerationResult:
     plan_reason: str = ""
     events: list[dict] = field(default_factory=list)  # out-of-memory step-downs, in order
     warnings: list[str] = field(default_factory=list)
+    loras: list[dict] = field(default_factory=list)  # the LoRAs in effect (hayai.lora.AppliedLora.to_dict)
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +65,7 @@ class GenerationResult:
             "strategy": self.strategy,
             "plan_reason": self.plan_reason,
             "events": self.events,
+            "loras": self.loras,
             "timings": self.timings,
             "peak_memory_bytes": self.peak_memory.peak_bytes,
             "peak_memory_kind": self.peak_memory.kind,

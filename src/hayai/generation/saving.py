@@ -17,15 +17,19 @@ __all__ = ["finish_image", "request_from_image", "slug"]
 
 
 def finish_image(image, request: GenerationRequest, model: dict, seed: int, position: int, batch_index: int,
-                 out_dir: Path, index: int, save: bool, runtime: dict) -> GeneratedImage:
+                 out_dir: Path, index: int, save: bool, runtime: dict, *, loras=(), requested_loras=()) -> GeneratedImage:
     """The infotext of one image and, when saving, the file (atomic) with the run's full record.
 
-    `model` holds name, sha256, family, path, hub_id; `runtime` the device, dtype and strategy.
+    `model` holds name, sha256, family, path, hub_id; `runtime` the device, dtype and strategy; `loras`
+    the LoRAs in effect (A1111's "Lora hashes"), `requested_loras` those asked for outside the prompt,
+    which the infotext's prompt carries as tags, as A1111 writes them, so the infotext alone reproduces the run.
     """
+    from hayai.lora import lora_hashes_infotext, prompt_with_lora_tags
+
     image_request = dataclasses.replace(request, seed=seed)
     params = request_to_params(image_request, model_name=model["name"], model_hash=model["sha256"][:10],
-                               version=f"hayai {__version__}")
-    infotext = format_infotext(request.prompt, request.negative_prompt, params)
+                               version=f"hayai {__version__}", extra={"Lora hashes": lora_hashes_infotext(list(loras))})
+    infotext = format_infotext(prompt_with_lora_tags(request.prompt, list(requested_loras)), request.negative_prompt, params)
     if not save:
         return GeneratedImage(None, seed, position, infotext, image)
     meta = {
@@ -33,6 +37,7 @@ def finish_image(image, request: GenerationRequest, model: dict, seed: int, posi
         "request": request.to_dict(),  # the whole run: its seed is the run's first seed
         "image": {"index": position, "seed": seed, "batch_index": batch_index},
         "model": model,
+        "loras": [applied.to_dict() for applied in loras],
         **runtime,
     }
     now = _dt.datetime.now()
