@@ -23,6 +23,8 @@ __all__ = [
     "source_from_path",
     "source_from_hub_cache",
     "looks_like_hub_id",
+    "hub_snapshot",
+    "SINGLE_FILE_CONFIG_REPOS",
     "read_checkpoint_shapes",
     "load_pipeline",
     "native_size",
@@ -33,7 +35,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 # Default component configs diffusers uses for single files (the hub repos it reads them from).
-_SINGLE_FILE_CONFIG_REPOS = {
+SINGLE_FILE_CONFIG_REPOS = {
     Family.SD1: "stable-diffusion-v1-5/stable-diffusion-v1-5",
     Family.SD2: "stabilityai/stable-diffusion-2-1",
     Family.SDXL: "stabilityai/stable-diffusion-xl-base-1.0",
@@ -100,14 +102,21 @@ def _family_of_pickle(path: Path) -> Family:
     return detect_family_from_keys({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")})
 
 
-def source_from_hub_cache(repo_id: str) -> ModelSource:
-    """The local Hugging Face cache's copy of a hub model; never downloads."""
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The folder of `repo_id` in the local Hugging Face cache, or None; never downloads."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        folder = Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, local_files_only=True))
     except LocalEntryNotFoundError:
+        return None
+
+
+def source_from_hub_cache(repo_id: str) -> ModelSource:
+    """The local Hugging Face cache's copy of a hub model; never downloads."""
+    folder = hub_snapshot(repo_id)
+    if folder is None:
         raise ModelNotFoundError(
             f"{repo_id!r} is not in the local Hugging Face cache, and hayai never downloads on its own. "
             f"Get it with `hf download {repo_id}` (pip install huggingface_hub; log in first for gated models), "
@@ -157,7 +166,7 @@ def _load_single_file(cls, source: ModelSource, torch_dtype, extra: dict):
     except (OSError, ValueError, EnvironmentError) as exc:
         if source.config is not None or sidecar.is_file():
             raise ModelError(f"could not load {source.path.name}: {exc}") from None
-        repo = _SINGLE_FILE_CONFIG_REPOS[source.family]
+        repo = SINGLE_FILE_CONFIG_REPOS[source.family]
         raise ModelError(
             f"could not load {source.path.name}: a single-file {source.family.value} checkpoint needs the "
             f"pipeline's component configs and tokenizer, which are not in the local Hugging Face cache. "

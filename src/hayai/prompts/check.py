@@ -90,19 +90,15 @@ def load_tokenizers(source) -> dict[str, object]:
 
     folder = Path(source.path) if source.kind == "folder" else (Path(source.config) if source.config else None)
     if folder is None:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from hayai.models.loading import SINGLE_FILE_CONFIG_REPOS, hub_snapshot
 
-        from hayai.models.loading import _SINGLE_FILE_CONFIG_REPOS
-
-        repo = _SINGLE_FILE_CONFIG_REPOS[source.family]
-        try:
-            folder = Path(snapshot_download(repo, local_files_only=True))
-        except LocalEntryNotFoundError:
+        repo = SINGLE_FILE_CONFIG_REPOS[source.family]
+        folder = hub_snapshot(repo)
+        if folder is None:
             raise ModelError(
                 f"the tokenizers of {source.name} ({source.family.value}) come from {repo}, which is not in the local "
                 f"Hugging Face cache: `hf download {repo} --exclude '*.safetensors' '*.bin'`, or pass --model-config DIR"
-            ) from None
+            )
     index = json.loads((folder / "model_index.json").read_text())
     out = {}
     for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
