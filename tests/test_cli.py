@@ -151,3 +151,16 @@ def test_jpeg_and_webp_keep_their_parameters(tiny_folders, tmp_path):
         path = result["images"][0]["path"]
         assert path.endswith("." + fmt)
         assert "Seed: 9" in hayai("info", path).stdout
+
+
+def test_plan_and_doctor_speak_json():
+    plan = json.loads(hayai("plan", "-m", "arch:sd15", "--device", "RTX 4090 24GB", "-b", "2", "--json").stdout)
+    assert plan["chosen"] == "resident" and plan["request"]["width"] == 512 and plan["request"]["batch_size"] == 2
+    assert {"strategy", "peak_bytes", "seconds", "fits"} <= set(plan["candidates"][0])
+    assert [p["preset"] for p in plan["presets"]] == ["speed", "balanced", "quality"]
+    small = json.loads(hayai("plan", "-m", "arch:sd15", "--vram", "2GB", "-W", "1024", "-H", "1024", "--json").stdout)
+    assert small["chosen"] != "resident" and small["device"]["total_bytes"] == 2 * 1024**3
+    doctor = json.loads(hayai("doctor", "--json").stdout)
+    topics = {f["topic"]: f for f in doctor["findings"]}
+    assert topics["torch build"]["level"] in ("ok", "problem") and "versions" in topics
+    assert doctor["machine"]["devices"][-1]["kind"] == "cpu"
