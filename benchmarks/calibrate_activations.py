@@ -40,7 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from hayai.memory import costs  # noqa: E402
 from hayai.memory.facts import facts_for_architecture  # noqa: E402
-from hayai.models.architectures import ARCHITECTURES, _build_model, ModelSpec  # noqa: E402
+from hayai.models.architectures import build_component  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "activation_calibration_cpu.json"
 MIB = 2**20
@@ -65,27 +65,28 @@ def measure(run) -> int:
     return (peak - base) * 1024
 
 
-def _model(arch: str, component: str, **overrides):
-    spec = ARCHITECTURES[arch].models[component]
-    spec = ModelSpec(spec.library, spec.class_name, {**spec.config, **overrides}, spec.config_class)
-    return _build_model(spec, "cpu", torch.float32, seed=0)
+def _model(arch: str, component: str, overrides: dict):
+    return build_component(arch, component, device="cpu", dtype=torch.float32, seed=0, config_overrides=overrides)
 
 
-def _plain(config) -> dict:
-    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, default=str))
+def _facts(point: dict):
+    """The facts of the model a point measured: the architecture with the point's config overrides."""
+    facts = facts_for_architecture(point["arch"])
+    return replace(facts, denoiser_config=json.loads(json.dumps({**facts.denoiser_config, **point["overrides"]})))
 
 
 def _denoiser_run(model, facts, size: int, batch: int, attention: str):
     h = w = size // facts.vae_scale_factor
-    config = facts.denoiser_config
-    inputs = costs._denoiser_inputs(facts.denoiser_class, config, h, w, batch, costs._text_tokens(facts))
+    inputs = costs._denoiser_inputs(facts.denoiser_class, facts.denoiser_config, h, w, batch, costs._text_tokens(facts))
     inputs = {k: (torch.randn(v.shape) if isinstance(v, torch.Tensor) else {a: torch.randn(b.shape) for a, b in v.items()})
               for k, v in inputs.items()}
     inputs["timestep"] = torch.full((batch,), 500.0)
     backend = SDPBackend.MATH if attention == "math" else SDPBackend.FLASH_ATTENTION
+
     def run():
         with sdpa_kernel(backend):
             return model(**inputs, return_dict=False)[0]
+
     return run
 
 
@@ -97,56 +98,59 @@ def _conv_copy_bytes(model) -> int:
     return max(convs, default=0)
 
 
-def _point(kind, arch, size, batch, attention, measured: int, predicted: int, conv_copy: int, raw) -> dict:
-    """One measurement; the prediction on this CPU is the larger of the activation peak and the conv copy."""
-    on_cpu = max(predicted, conv_copy)
-    return {"kind": kind, "arch": arch, "size": size, "batch": batch, "attention": attention,
-            "measured_mib": round(measured / MIB, 1), "predicted_mib": round(predicted / MIB, 1),
-            "cpu_conv_copy_mib": round(conv_copy / MIB, 1), "error": round(on_cpu / measured - 1, 3), "analytic_elements": raw}
+def predict(point: dict) -> dict:
+    """Fill in what hayai.memory.costs predicts for a measured point (as the library ships now)."""
+    facts, size, batch, attention = _facts(point), point["size"], point["batch"], point["attention"]
+    h = size // facts.vae_scale_factor
+    if point["kind"] == "denoiser":
+        predicted = costs.denoiser_activation_bytes(facts, size, size, batch, "float32", attention)
+        elements = costs._unet_elements if facts.denoiser_class == "UNet2DConditionModel" else costs._mmdit_elements
+        raw = elements(facts.denoiser_config, h, h, costs._text_tokens(facts), attention == "math")
+    else:
+        tile = point["tile"]
+        predicted = costs.vae_decode_activation_bytes(facts, size, size, batch, "float32", tiled=tile is not None, tile_size=tile)
+        th, tw = max(costs.vae_tiles(facts, size, size, tile) if tile else [(h, h)], key=lambda t: t[0] * t[1])
+        raw = costs._decoder_elements(facts.vae_config, th, tw, False)
+    on_cpu = max(predicted, point["cpu_conv_copy_mib"] * MIB)  # the larger of the activations and the conv copy
+    return {**point, "predicted_mib": round(predicted / MIB, 1), "error": round(on_cpu / (point["measured_mib"] * MIB) - 1, 3),
+            "analytic_elements": raw}
+
+
+def _record(point: dict, measured: int, model) -> dict:
+    point = predict({**point, "measured_mib": round(measured / MIB, 1), "cpu_conv_copy_mib": round(_conv_copy_bytes(model) / MIB, 1)})
+    print(json.dumps({k: v for k, v in point.items() if k != "analytic_elements"}), flush=True)
+    return point
 
 
 def calibrate_denoiser(arch: str, sizes, batch: int, overrides: dict) -> list[dict]:
-    facts = facts_for_architecture(arch)
-    component = "unet" if facts.denoiser_class == "UNet2DConditionModel" else "transformer"
-    model = _model(arch, component, **overrides)
-    facts = replace(facts, denoiser_config=_plain(model.config))
-    elements = costs._unet_elements if component == "unet" else costs._mmdit_elements
+    base = {"kind": "denoiser", "arch": arch, "overrides": overrides, "batch": batch, "tile": None}
+    facts = _facts(base)
+    model = _model(arch, "unet" if facts.denoiser_class == "UNet2DConditionModel" else "transformer", overrides)
     _denoiser_run(model, facts, sizes[0] // 2, 1, "sdpa")()  # warm-up: oneDNN primitives, lazy inits
     points = []
     for attention in ("sdpa", "math"):
         for size in sizes:
             measured = measure(_denoiser_run(model, facts, size, batch, attention))
-            predicted = costs.denoiser_activation_bytes(facts, size, size, batch, "float32", attention)
-            h = size // facts.vae_scale_factor
-            raw = elements(facts.denoiser_config, h, h, costs._text_tokens(facts), attention == "math")
-            points.append(_point("denoiser", arch, size, batch, attention, measured, predicted, _conv_copy_bytes(model), raw))
-            print(json.dumps(points[-1]), flush=True)
-    del model
+            points.append(_record({**base, "size": size, "attention": attention}, measured, model))
     return points
 
 
 def calibrate_vae(arch: str, sizes, batch: int, tiled_size: int | None) -> list[dict]:
     facts = facts_for_architecture(arch)
-    vae = _model(arch, "vae")
+    vae = _model(arch, "vae", {})
     vae.decode(torch.randn(1, facts.latent_channels, 8, 8))  # warm-up
     points = []
-    runs = [(size, False) for size in sizes] + ([(tiled_size, True)] if tiled_size else [])
-    for size, tiled in runs:
+    for size, tile in [(size, None) for size in sizes] + ([(tiled_size, 256)] if tiled_size else []):
         h = size // facts.vae_scale_factor
         z = torch.randn(batch, facts.latent_channels, h, h)
-        tile = 256 if tiled else None
-        if tiled:
+        if tile:
             vae.enable_tiling()
             vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // facts.vae_scale_factor
         measured = measure(lambda: vae.decode(z).sample)
         vae.disable_tiling()
-        predicted = costs.vae_decode_activation_bytes(facts, size, size, batch, "float32", tiled=tiled, tile_size=tile)
-        tiles = costs.vae_tiles(facts, size, size, tile) if tiled else [(h, h)]
-        th, tw = max(tiles, key=lambda t: t[0] * t[1])
-        raw = costs._decoder_elements(facts.vae_config, th, tw, False)
-        kind = "vae_decode" + ("_tiled" if tiled else "")
-        points.append(_point(kind, arch, size, batch, "sdpa", measured, predicted, _conv_copy_bytes(vae), raw))
-        print(json.dumps(points[-1]), flush=True)
+        kind = "vae_decode_tiled" if tile else "vae_decode"
+        base = {"kind": kind, "arch": arch, "overrides": {}, "size": size, "batch": batch, "attention": "sdpa", "tile": tile}
+        points.append(_record(base, measured, vae))
     return points
 
 
@@ -174,33 +178,57 @@ def fit(points: list[dict]) -> dict:
     return factors
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def report(points: list[dict], seconds: float) -> dict:
+    errors = [abs(p["error"]) for p in points]
+    return {
+        "machine": f"{os.cpu_count()}-core {_cpu_name()} CPU (shared with other jobs), torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, float32",
+        "method": "peak VmHWM - VmRSS around one forward (clear_refs 5), glibc mmap threshold 64 KiB, no trim; "
+                  "sdxl UNet at 1/1/1 transformer layers and sd35m MMDiT at 2 layers, full width; the prediction on "
+                  "this CPU is max(activations, oneDNN's copy of the largest conv weight)",
+        "fitted_factors": fit(points),
+        "shipped_factors": {k: getattr(costs, k) for k in ("UNET_FACTOR", "MMDIT_FACTOR", "VAE_FACTOR", "SCORES_FACTOR")},
+        "max_abs_error": max(errors),
+        "mean_abs_error": round(sum(errors) / len(errors), 3),
+        "points": points,
+        "seconds": seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sd15 UNet and VAE only, two sizes")
+    parser.add_argument("--repredict", action="store_true",
+                        help=f"re-predict the points stored in {RESULTS.name} with the current factors (no measuring)")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    started = time.time()
-    unet_sizes = (256, 384) if args.quick else (256, 320, 384)
-    # batch 8: at batch 2 the CPU-only copy of the largest conv weight (see _conv_copy_bytes) hides the activations
-    points = calibrate_denoiser("sd15", unet_sizes, 8, {})
-    points += calibrate_vae("sd15", unet_sizes, 1, None if args.quick else 384)
-    if not args.quick:
-        points += calibrate_denoiser("sdxl", unet_sizes, 8, {"transformer_layers_per_block": [1, 1, 1]})
-        points += calibrate_denoiser("sd35m", (256, 384, 512), 2, {"num_layers": 2, "dual_attention_layers": [0]})
-    report = {
-        "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, float32",
-        "method": "peak VmHWM - VmRSS around one forward, glibc mmap threshold 64 KiB; reduced-depth sdxl (1/1/1) "
-                  "and sd35m (2 layers) at full width",
-        "fitted_factors": fit(points),
-        "shipped_factors": {k: getattr(costs, k) for k in ("UNET_FACTOR", "MMDIT_FACTOR", "VAE_FACTOR", "SCORES_FACTOR")},
-        "max_abs_error": max(abs(p["error"]) for p in points),
-        "points": points,
-        "seconds": round(time.time() - started, 1),
-    }
-    print(json.dumps(report, indent=1))
+    if args.repredict:
+        stored = json.loads(RESULTS.read_text())
+        points, seconds = [predict(p) for p in stored["points"]], stored["seconds"]
+    else:
+        torch.manual_seed(0)
+        started = time.time()
+        sizes = (256, 384) if args.quick else (256, 320, 384)
+        # batch 8: at batch 2 the CPU-only copy of the largest conv weight (_conv_copy_bytes) hides the activations
+        points = calibrate_denoiser("sd15", sizes, 8, {})
+        points += calibrate_vae("sd15", sizes, 1, None if args.quick else 384)
+        if not args.quick:
+            points += calibrate_denoiser("sdxl", sizes, 8, {"transformer_layers_per_block": [1, 1, 1]})
+            points += calibrate_denoiser("sd35m", (256, 384, 512), 2, {"num_layers": 2, "dual_attention_layers": [0]})
+        seconds = round(time.time() - started, 1)
+    result = report(points, seconds)
+    print(json.dumps({k: v for k, v in result.items() if k != "points"}, indent=1))
+    for p in points:
+        print(f"{p['kind']:17} {p['arch']:6} {p['size']:4} px b{p['batch']} {p['attention']:4}  measured {p['measured_mib']:7.1f} MiB"
+              f"  predicted {p['predicted_mib']:7.1f} MiB  (cpu conv copy {p['cpu_conv_copy_mib']:.0f})  error {p['error']:+.1%}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

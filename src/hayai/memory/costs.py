@@ -3,8 +3,8 @@
 - Weights: parameter count x bytes per element.
 - FLOPs: counted exactly by `torch.utils.flop_counter.FlopCounterMode` while the denoiser (or VAE
   decoder) runs on the meta device at the requested size: no memory, no weights, a second or two for
-  SDXL/SD3.5 at 1024 px, cached per (config, latent size, batch). Text encoding is approximated as
-  2 x params x tokens.
+  SDXL/SD3.5 at 1024 px, cached per (config, latent size) and scaled by the batch (exact: every op
+  is batch-parallel). Text encoding is approximated as 2 x matmul params x tokens.
 - Activations: an analytic model of what eager inference keeps alive at its peak, from the configs
   (channels and tokens at each level), scaled by factors measured on a CPU
   (`benchmarks/calibrate_activations.py`, figures in `benchmarks/results/activation_calibration_cpu.json`).
@@ -19,7 +19,7 @@ import json
 from functools import lru_cache
 
 __all__ = [
-    "CLIP_TOKENS", "T5_TOKENS", "DTYPE_BYTES", "EAGER_EFFICIENCY", "dtype_bytes", "weight_bytes", "latent_size",
+    "ATTENTION_KINDS", "CLIP_TOKENS", "T5_TOKENS", "DTYPE_BYTES", "EAGER_EFFICIENCY", "dtype_bytes", "weight_bytes", "latent_size",
     "denoiser_flops", "vae_decode_flops", "text_encode_flops", "vae_tiles", "denoiser_activation_bytes",
     "vae_decode_activation_bytes", "text_encode_activation_bytes", "transfer_seconds", "compute_seconds",
 ]
@@ -32,19 +32,20 @@ TILE_OVERLAP = 0.25  # AutoencoderKL.tile_overlap_factor (diffusers autoencoder_
 
 # --- Calibration factors: measured peak / analytic peak, fitted on a 2-core CPU in float32 (torch 2.13),
 # see benchmarks/results/activation_calibration_cpu.json. The analytic counts are in elements per image.
-UNET_FACTOR = 1.0
-MMDIT_FACTOR = 1.0
-VAE_FACTOR = 1.0
-SCORES_FACTOR = 1.0  # on the math-attention N^2 term (2 x heads x N^2: scores and probabilities)
+UNET_FACTOR = 1.10  # sd15 (full) and sdxl (1/1/1 transformer depth) UNets, 256-384 px, batch 8
+MMDIT_FACTOR = 1.06  # sd35m MMDiT at 2 layers (one dual-attention), 256-512 px, batch 2
+VAE_FACTOR = 1.08  # sd15 VAE decoder, 256-384 px, batch 1
+SCORES_FACTOR = 1.11  # on the math-attention term (2 x heads x N^2: scores and probabilities at once)
 TEXT_FACTOR = 1.5  # not calibrated (text activations are < 1% of the text encoders' weights): a margin
 
-# Fraction of the dense bf16 peak that eager PyTorch reaches on a denoiser step (REFERENCE.md §7, batch 1 with
-# CFG = 2 images per step, FLOPs counted here by denoiser_flops; H100 SXM dense bf16 peak 989 TFLOP/s):
-#   SD1.5 @512: 1.607 TFLOP x 54.5 it/s =  87.6 TFLOP/s -> 8.9% (launch-bound: small kernels)
-#   SDXL @1024: 13.58 TFLOP x 14.9 it/s = 202.3 TFLOP/s -> 20.5%
-#   SD3-medium @1024 on H800 (same peak): ~20.6 TFLOP (2B MMDiT, 24 layers, no dual attention) x 15.1 it/s
-#   = 311 TFLOP/s -> 31% (large GEMMs, few launches)
-# The default is SDXL's figure, the middle of the three; small models at small sizes reach less.
+# Fraction of the dense bf16 peak that eager PyTorch reaches on a denoiser step. REFERENCE.md §7 (it/s at batch 1,
+# with CFG: 2 images per step) over the FLOPs counted here by denoiser_flops, against the H100/H800 SXM dense
+# bf16 peak of 989 TFLOP/s:
+#   SD1.5 @512 (H100):       1.607 TFLOP x 54.5 it/s =  87.6 TFLOP/s ->  8.9%  (launch-bound: small kernels)
+#   SDXL @1024 (H100):      13.52  TFLOP x 14.9 it/s = 201.5 TFLOP/s -> 20.4%
+#   SD3-medium @1024 (H800): 17.81 TFLOP x 15.1 it/s = 268.9 TFLOP/s -> 27.2%  (2B MMDiT: few, large GEMMs)
+# (SD3-medium counted like sd35m: 24 layers, no dual attention, 333 text tokens.) The default is SDXL's figure,
+# the middle one; small models at small sizes reach less, large transformers more.
 EAGER_EFFICIENCY = 0.20
 
 
@@ -124,19 +125,23 @@ def _denoiser_inputs(class_name: str, config: dict, h: int, w: int, batch: int, 
 
 
 @lru_cache(maxsize=1024)
-def _denoiser_flops(class_name: str, config_json: str, h: int, w: int, batch: int, tokens: int) -> float:
+def _denoiser_flops(class_name: str, config_json: str, h: int, w: int, tokens: int) -> float:
     model = _meta_model(class_name, config_json)
-    inputs = _denoiser_inputs(class_name, json.loads(config_json), h, w, batch, tokens)
+    inputs = _denoiser_inputs(class_name, json.loads(config_json), h, w, 1, tokens)
     return _count_flops(lambda: model(**inputs, return_dict=False))
 
 
 def denoiser_flops(facts, width: int, height: int, batch: int, *, text_tokens: int | None = None) -> float:
-    """FLOPs of one denoiser forward on `batch` latents (with CFG, batch = 2 x images)."""
+    """FLOPs of one denoiser forward on `batch` latents (with CFG, batch = 2 x images).
+
+    Counted once per (config, latent size, tokens) at batch 1: every op is batch-parallel, so FLOPs are
+    exactly proportional to the batch.
+    """
     h, w = latent_size(facts, width, height)
     _check_batch(batch)
     tokens = _text_tokens(facts) if text_tokens is None else text_tokens
     config_json = json.dumps(facts.denoiser_config, sort_keys=True)
-    return _denoiser_flops(facts.denoiser_class, config_json, h, w, batch, tokens)
+    return batch * _denoiser_flops(facts.denoiser_class, config_json, h, w, tokens)
 
 
 def vae_tiles(facts, width: int, height: int, tile_size: int | None = None) -> list[tuple[int, int]]:
@@ -156,11 +161,11 @@ def vae_tiles(facts, width: int, height: int, tile_size: int | None = None) -> l
 
 
 @lru_cache(maxsize=256)
-def _decode_flops(config_json: str, h: int, w: int, batch: int) -> float:
+def _decode_flops(config_json: str, h: int, w: int) -> float:
     import torch
 
     vae = _meta_model("AutoencoderKL", config_json)
-    z = torch.empty(batch, json.loads(config_json)["latent_channels"], h, w, device="meta")
+    z = torch.empty(1, json.loads(config_json)["latent_channels"], h, w, device="meta")
     return _count_flops(lambda: vae.decode(z))
 
 
@@ -169,7 +174,7 @@ def vae_decode_flops(facts, width: int, height: int, batch: int, *, tiled: bool 
     _check_batch(batch)
     config_json = json.dumps(facts.vae_config, sort_keys=True)
     tiles = vae_tiles(facts, width, height, tile_size) if tiled else [latent_size(facts, width, height)]
-    return sum(_decode_flops(config_json, th, tw, batch) for th, tw in tiles)
+    return batch * sum(_decode_flops(config_json, th, tw) for th, tw in tiles)
 
 
 def _encoder_tokens(component) -> int:
@@ -177,9 +182,14 @@ def _encoder_tokens(component) -> int:
 
 
 def text_encode_flops(facts, batch: int) -> float:
-    """Approximate FLOPs of encoding `batch` prompts with every text encoder: 2 x params x tokens."""
+    """Approximate FLOPs of encoding `batch` prompts with every text encoder: 2 x matmul params x tokens.
+
+    The token-embedding table (each text encoder's largest layer) is a lookup, not a matmul; attention
+    scores (tokens^2 per layer, < 10% at 77-256 tokens) are left out.
+    """
     _check_batch(batch)
-    return float(sum(2 * c.params * _encoder_tokens(c) * batch for c in facts.by_role("text_encoder")))
+    encoders = facts.by_role("text_encoder")
+    return float(sum(2 * (c.params - c.largest_layer_params) * _encoder_tokens(c) * batch for c in encoders))
 
 
 # --- Activations ------------------------------------------------------------------------------
@@ -237,15 +247,19 @@ def _unet_elements(config: dict, h: int, w: int, tokens: int, math_attention: bo
 def _mmdit_elements(config: dict, h: int, w: int, tokens: int, math_attention: bool) -> list[tuple[float, float]]:
     """Candidate peaks of an SD3 MMDiT forward: (linear elements, score elements) per image.
 
-    Image (N) and text (T) streams of width D = heads x head_dim: residual, adaLN-modulated norm(s),
-    q/k/v and their RMS-normed copies, the joint attention output, and the 4D GELU feed-forward (input
-    and activation): about 12 D per token. Math attention adds 2 x heads x (N + T)^2.
+    Image (N) and text (T) streams of width D = heads x head_dim. The peak is the image stream's GELU
+    feed-forward: residual, adaLN-modulated norm, 4D projection, 4D activation, output: ~12 D per
+    image token, while the text stream holds its residual and modulated copies (~6 D per text token;
+    measured: 12.3 D and 6.1 D). The joint attention holds residuals, norms, q/k/v and its output
+    (~7 D per token); math attention adds scores + probabilities, 2 x heads x (N + T)^2.
     """
     patch = config["patch_size"]
     n = (h // patch) * (w // patch)
     heads = config["num_attention_heads"]
-    linear = 12 * heads * config["attention_head_dim"] * (n + tokens)
-    return [(linear, 2 * heads * (n + tokens) ** 2 if math_attention else 0.0)]
+    width = heads * config["attention_head_dim"]
+    feed_forward = (width * (12 * n + 6 * tokens), 0.0)
+    attention = (width * 7 * (n + tokens), 2 * heads * (n + tokens) ** 2 if math_attention else 0.0)
+    return [feed_forward, attention]
 
 
 def _peak(candidates: list[tuple[float, float]], factor: float) -> float:

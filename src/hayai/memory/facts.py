@@ -92,8 +92,9 @@ def component_facts(name: str, module) -> ComponentFacts:
     unblocked = sum(p.numel() for p in module.parameters() if id(p) not in blocked)
     unblocked += sum(b.numel() for b in module.buffers() if b.is_floating_point() and id(b) not in blocked)
     largest_layer = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()), default=0)
-    config = getattr(module, "config", None)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) if ROLES[name] == "text_encoder" else 0
+    hidden = 0
+    if ROLES[name] == "text_encoder":
+        hidden = getattr(module.config, "hidden_size", None) or getattr(module.config, "d_model", 0)
     return ComponentFacts(
         name=name,
         role=ROLES[name],
@@ -102,7 +103,7 @@ def component_facts(name: str, module) -> ComponentFacts:
         largest_layer_params=largest_layer,
         buffers=buffers,
         unblocked_params=unblocked,
-        hidden_size=int(hidden or 0),
+        hidden_size=int(hidden),
     )
 
 

@@ -9,8 +9,10 @@ benchmarks (issue #6) run them with random weights.
 
 `build_architecture(name)` builds on the meta device (no memory at all). With `device="cpu"` or
 `"cuda"` the weights are created once, directly on that device in the requested dtype, and filled
-from `seed` with a scaled init (std 1/sqrt(fan_in), norms 1/0) that keeps activations finite even in
-half precision; plain N(0, 1) weights overflow fp16 within a few layers at this scale.
+from `seed` with a scaled init (std 1/sqrt(fan_in), norms 1/0): plain N(0, 1) weights overflow fp16
+within a few layers at this scale, while with this init no activation of the SD1.5 UNet exceeds ~20
+(fp16 reaches 65504). The values are windows of one pool of N(0, 1) draws, so filling 8B weights
+runs at memory speed, and they are the same on every device for the same seed.
 
 Tokenizers: the real vocabularies cannot be downloaded, so the CLIP tokenizers are the byte-level
 vocabulary of `hayai.models.tiny` padded with placeholder tokens to CLIP's 49408 entries (start and
@@ -62,11 +64,19 @@ class ArchSpec:
 # --- Shared configs. Sources: the config.json files of the folders named in ArchSpec.source, as quoted
 # by diffusers' docs/tests and the offline-config copies of them on GitHub (verified field by field).
 
-_CLIP_BASE = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5, bos_token_id=0, pad_token_id=1, eos_token_id=2)
+_CLIP_BASE = dict(
+    vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5, bos_token_id=0, pad_token_id=1, eos_token_id=2
+)
 # openai/clip-vit-large-patch14 text tower (SD1.5, SDXL text_encoder, SD3 text_encoder)
-_CLIP_L = dict(_CLIP_BASE, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, hidden_act="quick_gelu", projection_dim=768)
+_CLIP_L = dict(
+    _CLIP_BASE, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+    hidden_act="quick_gelu", projection_dim=768,
+)
 # laion/CLIP-ViT-bigG-14-laion2B-39B-b160k text tower (SDXL text_encoder_2; SD3's "CLIP-G" is the same shape)
-_CLIP_BIGG = dict(_CLIP_BASE, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, hidden_act="gelu", projection_dim=1280)
+_CLIP_BIGG = dict(
+    _CLIP_BASE, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+    hidden_act="gelu", projection_dim=1280,
+)
 # google/t5-v1_1-xxl encoder (SD3 text_encoder_3)
 _T5_XXL = dict(
     vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32,
@@ -116,11 +126,14 @@ _SDXL = ArchSpec(
             addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, norm_num_groups=32, norm_eps=1e-5,
             act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1,
         )),
-        "vae": ModelSpec("diffusers", "AutoencoderKL", dict(_VAE_BASE, latent_channels=4, sample_size=1024, scaling_factor=0.13025, force_upcast=True)),
+        "vae": ModelSpec("diffusers", "AutoencoderKL", dict(
+            _VAE_BASE, latent_channels=4, sample_size=1024, scaling_factor=0.13025, force_upcast=True,
+        )),
     },
     tokenizers={"tokenizer": "clip", "tokenizer_2": "clip_bang_pad"},
     scheduler=("EulerDiscreteScheduler", dict(
-        _SD_BETAS, steps_offset=1, timestep_spacing="leading", interpolation_type="linear", prediction_type="epsilon", use_karras_sigmas=False,
+        _SD_BETAS, steps_offset=1, timestep_spacing="leading", interpolation_type="linear", prediction_type="epsilon",
+        use_karras_sigmas=False,
     )),
     pipeline_kwargs=dict(force_zeros_for_empty_prompt=True, add_watermarker=False),
 )
@@ -292,8 +305,12 @@ def _build_model(spec: ModelSpec, device, dtype, seed: int):
     return model.eval()
 
 
-def build_component(name: str, component: str, *, device="meta", dtype=None, seed: int = 0):
-    """One model of architecture `name` (e.g. `build_component("sd15", "unet")`), as `build_architecture` makes it."""
+def build_component(name: str, component: str, *, device="meta", dtype=None, seed: int = 0, config_overrides: dict | None = None):
+    """One model of architecture `name` (e.g. `build_component("sd15", "unet")`), as `build_architecture` makes it.
+
+    `config_overrides` changes config keys, e.g. `{"num_layers": 2}` for a shallower SD3.5 MMDiT of the same
+    width (what the activation calibration measures when the full model does not fit in memory).
+    """
     import torch
 
     if name not in ARCHITECTURES:
@@ -301,9 +318,12 @@ def build_component(name: str, component: str, *, device="meta", dtype=None, see
     models = ARCHITECTURES[name].models
     if component not in models:
         raise ValueError(f"component={component!r} is not part of {name}; it has {sorted(models)}")
+    spec = models[component]
+    if config_overrides:
+        spec = ModelSpec(spec.library, spec.class_name, {**spec.config, **config_overrides}, spec.config_class)
     # each component has its own stream, so its weights do not depend on the others
     component_seed = seed * 1_000_003 + zlib.crc32(component.encode())
-    return _build_model(models[component], device, torch.float32 if dtype is None else dtype, component_seed)
+    return _build_model(spec, device, torch.float32 if dtype is None else dtype, component_seed)
 
 
 def build_architecture(name: str, *, device="meta", dtype=None, seed: int = 0):
