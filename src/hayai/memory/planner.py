@@ -250,9 +250,10 @@ def plan(facts, request: PlanRequest, device: DeviceSpec, *, allow_lossy: bool |
 
 
 def _reason(chosen: Estimate, estimates, best_lossless: Estimate | None, budget: int) -> str:
-    gib = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+    gib = lambda b: f"{b / GIB:.2f} GiB" if b >= GIB / 4 else f"{b / 1024**2:.0f} MiB"  # noqa: E731
     faster = [e for e in estimates if e.seconds < chosen.seconds and not e.fits]
-    text = f"{chosen.strategy.name}: predicted peak {gib(chosen.peak_bytes)} of {gib(budget)} available, ~{chosen.seconds:.1f} s"
+    when = f"~{chosen.seconds:.1f} s" if chosen.seconds >= 0.1 else f"~{chosen.seconds * 1000:.0f} ms of compute"
+    text = f"{chosen.strategy.name}: predicted peak {gib(chosen.peak_bytes)} of {gib(budget)} available, {when}"
     if faster:
         quickest = min(faster, key=lambda e: e.seconds)
         text += f"; {quickest.strategy.name} would be faster (~{quickest.seconds:.1f} s) but needs {gib(quickest.peak_bytes)}"
