@@ -1,0 +1,19 @@
+"""The built-in demo model and the world it was trained on.
+
+- `shapes`: the procedural dataset (scenes, captions, deterministic renders);
+- `adherence`: reads an image back into attributes and scores it against its prompt;
+- `architecture`: the demo pipeline's configs, vocabulary and tokenizer;
+- `train`: the training loop that made the shipped weights (`scripts/train_demo_model.py`).
+
+The shipped model is a diffusers folder at `BUILTIN_MODEL` (package data). Importing this package
+imports neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["BUILTIN_MODEL", "BUILTIN_MODEL_NAME"]
+
+BUILTIN_MODEL_NAME = "hayai-shapes"
+BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "models" / "builtin" / BUILTIN_MODEL_NAME
