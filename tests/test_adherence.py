@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from hayai.demo.adherence import ATTRIBUTES, analyse, parse_prompt, prompt_set, score
-from hayai.demo.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, caption, render, samples
+from hayai.demo.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, caption, render, samples
 
 _CHOICES = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS, "background": BACKGROUNDS}
 

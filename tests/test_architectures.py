@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hayai.memory.facts import facts_for_architecture
-from hayai.models.architectures import ARCHITECTURES, PUBLISHED_PARAMS, build_architecture, build_component
+from hayai.models.architectures import PUBLISHED_PARAMS, build_architecture, build_component
 
 
 def _rss_bytes() -> int:

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hayai import __version__, paths
+from hayai import paths
 from hayai.errors import HayaiError, RequestError
 from hayai.generation.execute import OutOfMemoryInPhase, run_batch
 from hayai.generation.imagefile import next_index
