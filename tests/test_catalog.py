@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 
 from hayai import paths
 from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError
+from hayai.models import catalog as catalog_module
+from hayai.models.builtin import BUILTIN_MODEL_NAME
 from hayai.models.catalog import PLACEHOLDER_NAME, Catalog, is_placeholder, model_hash
 from hayai.models.families import Family
 from hayai.store import Store
@@ -82,7 +84,29 @@ def _log_run(store: Store, model: str, status: str = "ok") -> None:
 # -- the empty catalog --------------------------------------------------------------------------------
 
 
-def test_empty_catalog_resolves_to_the_placeholder(catalog):
+@pytest.fixture
+def no_builtin(monkeypatch, tmp_path):
+    """A checkout whose demo model is not trained yet."""
+    monkeypatch.setattr(catalog_module, "BUILTIN_MODEL", tmp_path / "not-trained-yet")
+
+
+def test_empty_catalog_resolves_to_the_builtin_demo_model(catalog, monkeypatch, tiny_folders, tmp_path):
+    shipped = _copy(tiny_folders, Family.SD1, tmp_path / "builtin" / BUILTIN_MODEL_NAME)
+    monkeypatch.setattr(catalog_module, "BUILTIN_MODEL", shipped)
+    source = catalog.resolve(None)
+    assert (source.name, source.path, source.family, source.kind) == (BUILTIN_MODEL_NAME, shipped, Family.SD1, "folder")
+    assert not is_placeholder(source)
+    assert catalog.resolve(BUILTIN_MODEL_NAME).path == shipped  # and by name
+    assert catalog.entries() == []  # it is not a user's installed model
+
+
+def test_installed_model_wins_over_the_builtin_one(catalog, models_dir, monkeypatch, tiny_folders, tmp_path):
+    monkeypatch.setattr(catalog_module, "BUILTIN_MODEL", _copy(tiny_folders, Family.SD1, tmp_path / "b" / BUILTIN_MODEL_NAME))
+    mine = _copy(tiny_folders, Family.SDXL, models_dir / "mine")
+    assert catalog.resolve(None).path == mine
+
+
+def test_empty_catalog_resolves_to_the_placeholder(catalog, no_builtin):
     assert catalog.entries() == []
     source = catalog.resolve(None)
     assert source.name == PLACEHOLDER_NAME

@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from hayai.cli import eval as eval_cli
 from hayai.cli import generate, history, lora, models, plan, prompt
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("plan")(plan.plan)
 app.add_typer(models.app, name="models")
 app.add_typer(lora.app, name="lora")
 app.add_typer(prompt.app, name="prompt")
+app.add_typer(eval_cli.app, name="eval")
 
 
 def _quiet_libraries() -> None:

@@ -31,6 +31,10 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print as JSO
     if not entries:
         folders = ", ".join(str(f) for f in catalog.folders())
         console.print(f"no models found (looked in {folders}); add one with `hayai models add PATH`")
+        from hayai.models.catalog import builtin_source
+
+        if builtin_source() is not None:
+            console.print("until then `hayai generate` uses the built-in demo model, hayai-shapes (64x64 shapes, see README)")
         return
     from rich.table import Table
 

@@ -11,9 +11,6 @@ imports neither torch nor diffusers.
 
 from __future__ import annotations
 
-from pathlib import Path
+from hayai.models.builtin import BUILTIN_MODEL, BUILTIN_MODEL_NAME
 
 __all__ = ["BUILTIN_MODEL", "BUILTIN_MODEL_NAME"]
-
-BUILTIN_MODEL_NAME = "hayai-shapes"
-BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "models" / "builtin" / BUILTIN_MODEL_NAME

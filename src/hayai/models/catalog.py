@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import HayaiError, ModelError, ModelNotFoundError
+from hayai.models.builtin import BUILTIN_MODEL, BUILTIN_MODEL_NAME
 from hayai.models.families import Family
 from hayai.models.loading import (
     PICKLE_SUFFIXES,
@@ -31,7 +32,9 @@ from hayai.models.loading import (
     source_from_path,
 )
 
-__all__ = ["Catalog", "ModelEntry", "PLACEHOLDER_NAME", "install_subfolders", "model_hash"]
+__all__ = [
+    "Catalog", "ModelEntry", "PLACEHOLDER_NAME", "builtin_source", "install_subfolders", "model_hash", "placeholder_source",
+]
 
 PLACEHOLDER_NAME = "placeholder-random-sd1"
 
@@ -169,6 +172,8 @@ class Catalog:
             return source_from_path(entry.path, allow_pickle=allow_pickle, config=Path(config) if config else None)
         if name == PLACEHOLDER_NAME:
             return placeholder_source()
+        if name == BUILTIN_MODEL_NAME and builtin_source() is not None:
+            return builtin_source()
         if looks_like_hub_id(name):
             return source_from_hub_cache(name)
         names = [e.name for e in self.entries()]
@@ -192,10 +197,11 @@ class Catalog:
         return None
 
     def default_source(self) -> ModelSource:
-        """No model named: the last one used, else the only/first installed, else the placeholder."""
+        """No model named: the last one used, else the only/first installed, else the built-in demo model
+        (else, in a checkout whose demo model is not trained yet, the random placeholder)."""
         usable = [e for e in self.entries() if e.problem is None]
         if not usable:
-            return placeholder_source()
+            return builtin_source() or placeholder_source()
         by_name = {e.name: e for e in usable}
         last_used = [run.model for run in self.store.runs(limit=20, status="ok", kind="generate")]
         chosen = next((by_name[name] for name in last_used if name in by_name), usable[0])
@@ -232,6 +238,13 @@ def _entry(path: Path, origin: str) -> ModelEntry:
         family, problem = None, str(exc)
     name = path.name if kind == "folder" else path.stem
     return ModelEntry(name, path, kind, family, _size(path), origin, problem)
+
+
+def builtin_source() -> ModelSource | None:
+    """The demo model shipped inside the package (`hayai.demo.BUILTIN_MODEL`), if this install has it."""
+    if not (BUILTIN_MODEL / "model_index.json").is_file():
+        return None
+    return ModelSource("folder", BUILTIN_MODEL, Family.SD1, BUILTIN_MODEL_NAME)
 
 
 def placeholder_source() -> ModelSource:
