@@ -27,6 +27,11 @@ __all__ = [
     "format_infotext",
     "parse_infotext",
     "read_image_metadata",
+    "make_plan",
+    "parse_axis",
+    "run_sweep",
+    "explore",
+    "refine_request",
 ]
 
 _EXPORTS = {
@@ -45,6 +50,11 @@ _EXPORTS = {
     "format_infotext": "hayai.generation.infotext",
     "parse_infotext": "hayai.generation.infotext",
     "read_image_metadata": "hayai.generation.imagefile",
+    "make_plan": "hayai.sweep",
+    "parse_axis": "hayai.sweep",
+    "run_sweep": "hayai.sweep",
+    "explore": "hayai.sweep",
+    "refine_request": "hayai.sweep",
 }
 
 

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from hayai.cli import eval as eval_cli
-from hayai.cli import generate, history, lora, models, plan, prompt
+from hayai.cli import generate, history, lora, models, plan, prompt, sweep
 
 app = typer.Typer(
     name="hayai",
@@ -28,6 +28,9 @@ app.command("plan")(plan.plan)
 app.add_typer(models.app, name="models")
 app.add_typer(lora.app, name="lora")
 app.add_typer(prompt.app, name="prompt")
+app.command("sweep")(sweep.sweep)
+app.command("explore")(sweep.explore)
+app.command("refine")(sweep.refine)
 app.add_typer(eval_cli.app, name="eval")
 
 

@@ -33,7 +33,7 @@ from hayai.memory.apply import apply_strategy, encode_device, free_memory
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, PlanRequest, plan
 from hayai.memory.strategies import Strategy, candidates
-from hayai.models.catalog import Catalog, is_placeholder, model_hash
+from hayai.models.catalog import Catalog, is_placeholder, source_hash
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
@@ -68,6 +68,11 @@ class LoadedModel:
     @property
     def placeholder(self) -> bool:
         return is_placeholder(self.source)
+
+    @property
+    def random_architecture(self) -> bool:
+        """A real architecture with random weights (`arch:...`): built on meta, materialised when placed."""
+        return self.source.kind == "architecture"
 
 
 class Engine:
@@ -109,17 +114,25 @@ class Engine:
         emit(ProgressEvent("load", 0, 1, source.name))
         pipe = self._load_pipe(source)
         self._loaded = LoadedModel(
-            source=source, pipe=pipe, sha256=model_hash(self.store, source.path), load_dtype=self.load_dtype,
+            source=source, pipe=pipe, sha256=source_hash(self.store, source), load_dtype=self.load_dtype,
             base_scheduler_config=dict(pipe.scheduler.config), native_size=native_size(pipe),
             facts=facts_from_pipeline(pipe, source.family), loras=LoraSet(pipe, source.family, resolver=self._find_lora),
         )
         emit(ProgressEvent("load", 1, 1, source.name))
         return self._loaded
 
-    def _load_pipe(self, source: ModelSource):
+    def _load_pipe(self, source: ModelSource, strategy: Strategy | None = None):
+        """Files load to the CPU in `load_dtype`. An architecture is built on the meta device until a
+        strategy places it; then its weights are created once, in the strategy's dtype, directly on the
+        device that keeps them (the accelerator when resident, else the CPU), so memory is not spent twice."""
         import torch
 
-        return load_pipeline(source, torch_dtype=getattr(torch, self.load_dtype))
+        if source.kind != "architecture":
+            return load_pipeline(source, torch_dtype=getattr(torch, self.load_dtype))
+        if strategy is None:
+            return load_pipeline(source, device="meta")
+        device = strategy.device if strategy.placement in ("resident", "cpu") else "cpu"
+        return load_pipeline(source, torch_dtype=getattr(torch, strategy.dtype), device=device)
 
     # -- 4: plan and place -----------------------------------------------------------------------
     def plan_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[Plan, Strategy, str]:
@@ -136,12 +149,16 @@ class Engine:
         return the_plan, the_plan.strategy, the_plan.reason
 
     def _forced(self) -> Strategy:
+        return self.strategy_named(self.forced_strategy)
+
+    def strategy_named(self, name: str) -> Strategy:
+        """The strategy called `name` (or the first with that placement) on this device."""
         options = candidates(self.device_spec)
         for strategy in options:
-            if self.forced_strategy in (strategy.name, strategy.placement):
+            if name in (strategy.name, strategy.placement):
                 return strategy
         names = ", ".join(s.name for s in options)
-        raise RequestError(f"strategy={self.forced_strategy!r} is not available on this device; choose one of: {names}")
+        raise RequestError(f"strategy={name!r} is not available on this device; choose one of: {names}")
 
     def _find_lora(self, name: str) -> Path:
         return find_lora(name, self.store)
@@ -157,10 +174,10 @@ class Engine:
             return
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
-        if fresh:
+        if fresh or (loaded.random_architecture and loaded.strategy is None):  # still on the meta device
             loaded.pipe = None
             free_memory()
-            loaded.pipe = self._load_pipe(loaded.source)
+            loaded.pipe = self._load_pipe(loaded.source, strategy)
             loaded.loras = LoraSet(loaded.pipe, loaded.family, resolver=self._find_lora)
             loaded.strategy = None
         loaded.applied_loras = loaded.loras.apply(list(specs), partial=partial)
@@ -228,6 +245,9 @@ class Engine:
                                   peak_memory_bytes=reading.peak_bytes, outputs=[str(i.path) for i in images if i.path],
                                   error=error, events=[{"plan": reason}, *events])
         warnings = list(the_plan.warnings) + [w for applied in loaded.applied_loras for w in applied.warnings]
+        if loaded.random_architecture:
+            warnings.append(f"{loaded.source.name} has random weights: its images are noise, but its time and memory "
+                            "are those of the real model")
         if loaded.placeholder:
             warnings.append(
                 "no model is installed: this image comes from a tiny placeholder with random weights, so it is noise. "

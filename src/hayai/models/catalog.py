@@ -24,16 +24,19 @@ from hayai.errors import HayaiError, ModelError, ModelNotFoundError
 from hayai.models.builtin import BUILTIN_MODEL, BUILTIN_MODEL_NAME
 from hayai.models.families import Family
 from hayai.models.loading import (
+    ARCH_PREFIX,
     PICKLE_SUFFIXES,
     SAFE_SUFFIXES,
     ModelSource,
     looks_like_hub_id,
+    source_from_architecture,
     source_from_hub_cache,
     source_from_path,
 )
 
 __all__ = [
     "Catalog", "ModelEntry", "PLACEHOLDER_NAME", "builtin_source", "install_subfolders", "model_hash", "placeholder_source",
+    "source_hash",
 ]
 
 PLACEHOLDER_NAME = "placeholder-random-sd1"
@@ -94,6 +97,13 @@ def model_hash(store, path: Path) -> str:
         return store.file_sha256(path)
     lines = sorted(f"{p.relative_to(path).as_posix()} {store.file_sha256(p)}\n" for p in _weight_files(path))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def source_hash(store, source: ModelSource) -> str:
+    """`model_hash` of a source's files; an architecture (no files) hashes its name and weight seed."""
+    if source.kind == "architecture":
+        return hashlib.sha256(f"hayai {source.name} random weights seed 0".encode()).hexdigest()
+    return model_hash(store, source.path)
 
 
 class Catalog:
@@ -157,9 +167,14 @@ class Catalog:
 
     # -- naming a model --------------------------------------------------------------------------
     def resolve(self, name: str | None, *, allow_pickle: bool = False, config: str | None = None) -> ModelSource:
-        """The model a request names (see the module docstring for the forms a name may take)."""
+        """The model a request names (see the module docstring for the forms a name may take).
+
+        `arch:sd15`, `arch:sdxl` and `arch:sd35m` name the real architectures with random weights.
+        """
         if name is None:
             return self.default_source()
+        if name.startswith(ARCH_PREFIX):
+            return source_from_architecture(name)
         path = Path(name).expanduser()
         if path.exists():
             return source_from_path(path, allow_pickle=allow_pickle, config=Path(config) if config else None)

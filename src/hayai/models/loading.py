@@ -17,10 +17,12 @@ from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError
 from hayai.models.families import FAMILY_INFO, Family, detect_family_from_folder, detect_family_from_keys
 
 __all__ = [
+    "ARCH_PREFIX",
     "ModelSource",
     "SAFE_SUFFIXES",
     "PICKLE_SUFFIXES",
     "source_from_path",
+    "source_from_architecture",
     "source_from_hub_cache",
     "looks_like_hub_id",
     "hub_snapshot",
@@ -30,6 +32,7 @@ __all__ = [
     "native_size",
 ]
 
+ARCH_PREFIX = "arch:"  # `--model arch:sd15`: a real architecture with random weights (hayai.models.architectures)
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -46,7 +49,7 @@ SINGLE_FILE_CONFIG_REPOS = {
 
 @dataclass(frozen=True)
 class ModelSource:
-    kind: str  # "folder" (diffusers layout) or "single_file"
+    kind: str  # "folder" (diffusers layout), "single_file", or "architecture" (random weights, no files)
     path: Path
     family: Family
     name: str  # what A1111 shows as "Model"
@@ -113,6 +116,20 @@ def hub_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+def source_from_architecture(name: str) -> ModelSource:
+    """`arch:sd15` / `arch:sdxl` / `arch:sd35m`: the real architecture, random weights, nothing on disk.
+
+    Its images are noise, but its time and memory are those of the real model (benchmarks, sweeps).
+    """
+    from hayai.models.architectures import ARCHITECTURES
+
+    arch = name[len(ARCH_PREFIX):] if name.startswith(ARCH_PREFIX) else name
+    if arch not in ARCHITECTURES:
+        choices = ", ".join(ARCH_PREFIX + known for known in ARCHITECTURES)
+        raise ModelNotFoundError(f"model={name!r} is not a known architecture; choose one of: {choices}")
+    return ModelSource("architecture", Path(ARCH_PREFIX + arch), ARCHITECTURES[arch].family, ARCH_PREFIX + arch)
+
+
 def source_from_hub_cache(repo_id: str) -> ModelSource:
     """The local Hugging Face cache's copy of a hub model; never downloads."""
     folder = hub_snapshot(repo_id)
@@ -134,10 +151,19 @@ def native_size(pipe) -> tuple[int, int]:
     return side, side
 
 
-def load_pipeline(source: ModelSource, *, torch_dtype=None):
-    """A diffusers pipeline for `source`, weights in `torch_dtype`, on the CPU (placement is the caller's)."""
+def load_pipeline(source: ModelSource, *, torch_dtype=None, device="cpu"):
+    """A diffusers pipeline for `source`, weights in `torch_dtype`, on the CPU (placement is the caller's).
+
+    Architecture sources are built rather than read: on `device` ("meta" allocates nothing; a real
+    device gets random weights created there once, in `torch_dtype`, the same for every run).
+    Files are always read to the CPU.
+    """
     import diffusers
 
+    if source.kind == "architecture":
+        from hayai.models.architectures import build_architecture
+
+        return build_architecture(source.name[len(ARCH_PREFIX):], device=device, dtype=torch_dtype, seed=0)
     cls = getattr(diffusers, FAMILY_INFO[source.family].pipeline_class)
     extra = {}
     if source.family in (Family.SD1, Family.SD2):

@@ -1,0 +1,231 @@
+"""`hayai sweep`, `hayai explore` and `hayai refine`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hayai.cli.output import console, err_console, format_bytes, progress_printer, silence_library_progress
+
+DEFAULT_PROMPT = "a small red circle at the top left on a white background"  # a shapes caption: adherence is scored
+
+
+def _engine(vram: str | None, strategy: str | None, device: str | None, allow_pickle: bool = False):
+    from hayai.cli.plan import parse_size
+    from hayai.generation.engine import Engine
+
+    silence_library_progress()
+    return Engine(allow_pickle=allow_pickle, vram=parse_size(vram) if vram else None, strategy=strategy, device=device)
+
+
+def _request(**given):
+    from hayai.generation.request import GenerationRequest
+
+    return GenerationRequest(**{key: value for key, value in given.items() if value is not None})
+
+
+def sweep(
+    prompt: Optional[str] = typer.Argument(None, help=f"What to draw [{DEFAULT_PROMPT!r}]."),
+    x: Optional[str] = typer.Option(None, "--x", help='X axis (columns): NAME=VALUES, e.g. steps=5,10,20 or "steps=5-70 (+5)".'),
+    y: Optional[str] = typer.Option(None, "--y", help='Y axis (rows), e.g. cfg=2,7 or "CFG Scale=1-10 [5]".'),
+    z: Optional[str] = typer.Option(None, "--z", help='Z axis (one grid per value), e.g. sampler="Euler a,DPM++ 2M".'),
+    negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, path, hub id, or arch:sd15 / arch:sdxl / arch:sd35m."),
+    model_config: Optional[str] = typer.Option(None, "--model-config", help="Single-file checkpoints: a diffusers folder with the component configs."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps where no axis sets them [20]."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[family default]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type \\[Automatic]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the model's native size]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the model's native size]."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Seed of every cell unless Seed is an axis; -1 draws one [-1]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per pass [1]."),
+    batch_count: Optional[int] = typer.Option(None, "--batch-count", "-c", help="Passes per cell [1]."),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111 clip skip [1]."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", "-l", help="NAME or NAME:W; a LoRA weight axis sets W of every --lora."),
+    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[png]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The sweep's folder \\[$HAYAI_HOME/sweeps/<prompt>-<id>]; the same command resumes there."),
+    restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming what the folder holds."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (unless a Strategy axis sets it)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sweep's files and rows as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+) -> None:
+    """An X/Y/Z plot: every combination of up to three axes, with a labelled grid, CSV/JSON timings and a chart.
+
+    Axes: steps, cfg, sampler, schedule, seed, width, height, size (512x768), batch_size, batch_count,
+    clip_skip, lora_weight, prompt_sr, model, strategy (A1111 labels such as "CFG Scale" work too).
+    Values: 5,10,20 | 5-70 (+5) | 1-10 [5]. An interrupted sweep resumes when run again.
+    """
+    from hayai.errors import RequestError
+    from hayai.sweep import make_plan, parse_axis, run_sweep
+
+    if x is None:
+        raise RequestError("a sweep needs an X axis: --x NAME=VALUES, e.g. --x steps=5,10,20 (then --y and --z)")
+    if z is not None and y is None:
+        raise RequestError("--z needs a --y axis first; use --y for the second axis")
+    base = _request(
+        prompt=prompt or DEFAULT_PROMPT, negative_prompt=negative, model=model, model_config=model_config, steps=steps,
+        cfg_scale=cfg, sampler=sampler, schedule_type=schedule, width=width, height=height, seed=seed,
+        batch_size=batch_size, batch_count=batch_count, clip_skip=clip_skip, loras=tuple(lora) if lora else None,
+        image_format=image_format,
+    )
+    axes = [parse_axis(text) if text else None for text in (x, y, z)]
+    engine = _engine(vram, strategy, device, allow_pickle)
+    plan = make_plan(base, *axes, strategy=strategy, device=engine.device_spec.torch_device)
+    columns, rows, grids = plan.shape()
+    if not (quiet or as_json):
+        err_console.print(f"sweep: {len(plan.cells)} cells ({columns} x {rows}" + (f" x {grids}" if grids > 1 else "")
+                          + f"), {sum(c.request.total_images for c in plan.cells)} images, seed {plan.base.seed}"
+                          + (" (the Seed axis sets it)" if any(a.kind.key == "seed" for a in plan.axes.values()) else ""))
+    try:
+        with _sweep_progress(enabled=not (quiet or as_json)) as on_progress:
+            result = run_sweep(engine, plan, output, restart=restart, progress=on_progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished cells are recorded; run the same command again to resume")
+        raise typer.Exit(130)
+    if as_json:
+        sys.stdout.write(json.dumps({**result.to_dict(), "rows": result.rows}, indent=2, ensure_ascii=False) + "\n")
+        return
+    for warning in dict.fromkeys(w for row in result.rows for w in row["warnings"]):
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    if quiet:
+        return
+    _print_table(result)
+    if result.resumed:
+        console.print(f"resumed: {result.resumed} cells were already done, {result.ran} ran now")
+    for grid in result.grids:
+        console.print(f"grid   {grid}", soft_wrap=True)
+    console.print(f"chart  {result.chart}", soft_wrap=True)
+    console.print(f"table  {result.csv}  (and {result.json.name})", soft_wrap=True)
+
+
+def _print_table(result) -> None:
+    from rich.table import Table
+
+    table = Table("cell", "seconds", "s/step", "peak memory", "adherence", box=None)
+    for row in result.rows:
+        label = ", ".join(part for part in (row["x"], row["y"], row["z"]) if part)
+        score = "" if row["adherence"] is None else f"{row['adherence']:.2f}"
+        table.add_row(label, f"{row['seconds']:.2f}", f"{row['seconds_per_step']:.3f}",
+                      format_bytes(row["peak_memory_bytes"]), score)
+    console.print(table)
+
+
+@contextmanager
+def _sweep_progress(enabled: bool = True):
+    """A bar over the whole sweep's work, with the cell running and the ETA for everything left."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.fields[cells]}"), TextColumn("{task.fields[eta]}"),
+                        console=err_console, transient=True)
+    task = progress.add_task("sweep", total=1.0, cells="", eta="")
+
+    def on_event(event) -> None:
+        eta = "" if event.eta_seconds is None else f"ETA {int(event.eta_seconds // 60)}:{int(event.eta_seconds % 60):02d}"
+        progress.update(task, completed=event.work_done, total=event.work_total or 1.0,
+                        description=event.detail or "sweep", cells=f"{event.cells_done}/{event.cells_total} cells", eta=eta)
+
+    with progress:
+        yield on_event
+
+
+def explore(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    count: int = typer.Option(16, "--count", "-n", help="How many seeds (seed, seed+1, ...)."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, path, hub id, or arch:..."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps [20]; keep them low, refine the keeper."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[family default]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type \\[Automatic]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the model's native size]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the model's native size]."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="First seed; -1 draws one [-1]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per pass [1]; the count must be a multiple."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", "-l", help="NAME:W; repeat for several."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder \\[$HAYAI_HOME/outputs]."),
+    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[png]."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+) -> None:
+    """Many seeds of one prompt at low cost, and a contact sheet labelled with the seeds (then `hayai refine`)."""
+    from hayai.sweep import explore as run_explore
+
+    request = _request(prompt=prompt, negative_prompt=negative, model=model, steps=steps, cfg_scale=cfg, sampler=sampler,
+                       schedule_type=schedule, width=width, height=height, seed=seed, batch_size=batch_size,
+                       loras=tuple(lora) if lora else None, output_dir=str(output) if output else None,
+                       image_format=image_format)
+    engine = _engine(vram, strategy, device)
+    try:
+        with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+            explored = run_explore(engine, request, count, progress=on_progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished images were kept, nothing half-written was left")
+        raise typer.Exit(130)
+    if as_json:
+        sys.stdout.write(json.dumps(explored.to_dict(), indent=2) + "\n")
+        return
+    for warning in explored.result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    if quiet:
+        return
+    for image in explored.result.images:
+        console.print(f"{image.path}  seed {image.seed}", soft_wrap=True)
+    console.print(f"contact sheet  {explored.contact_sheet}", soft_wrap=True)
+    first = explored.result.images[0].path
+    console.print(f"[dim]refine the one you like: hayai refine {first} --steps 50[/]", soft_wrap=True)
+
+
+def refine(
+    image: Path = typer.Argument(..., help="An image made by hayai (e.g. by `hayai explore`) or by A1111."),
+    steps: int = typer.Option(50, "--steps", help="Steps for the refined image."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale \\[the image's]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[the image's]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type \\[the image's]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the image's; another size changes the composition]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the image's]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder \\[the image's run folder]."),
+    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[the image's]."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+) -> None:
+    """Re-run one image's seed and prompt alone at higher quality (more steps by default)."""
+    from hayai.sweep import refine_request
+
+    overrides = {"steps": steps, "cfg_scale": cfg, "sampler": sampler, "schedule_type": schedule, "width": width,
+                 "height": height, "output_dir": str(output) if output else None, "image_format": image_format}
+    request, warnings = refine_request(image, **{k: v for k, v in overrides.items() if v is not None})
+    engine = _engine(vram, strategy, device)
+    try:
+        with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+            result = engine.generate(request, progress=on_progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished images were kept, nothing half-written was left")
+        raise typer.Exit(130)
+    result.warnings[:0] = warnings
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    if not quiet:
+        for generated in result.images:
+            console.print(f"{generated.path}  seed {generated.seed}, {result.request.steps} steps", soft_wrap=True)
