@@ -32,6 +32,8 @@ __all__ = [
     "run_sweep",
     "explore",
     "refine_request",
+    "TrainConfig",
+    "train_lora",
 ]
 
 _EXPORTS = {
@@ -55,6 +57,8 @@ _EXPORTS = {
     "run_sweep": "hayai.sweep",
     "explore": "hayai.sweep",
     "refine_request": "hayai.sweep",
+    "TrainConfig": "hayai.training.config",
+    "train_lora": "hayai.training.loop",
 }
 
 

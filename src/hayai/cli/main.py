@@ -11,7 +11,7 @@ import sys
 import typer
 
 from hayai.cli import eval as eval_cli
-from hayai.cli import generate, history, lora, models, plan, prompt, sweep
+from hayai.cli import dataset, generate, history, lora, models, plan, prompt, sweep, train
 
 app = typer.Typer(
     name="hayai",
@@ -28,6 +28,8 @@ app.command("plan")(plan.plan)
 app.add_typer(models.app, name="models")
 app.add_typer(lora.app, name="lora")
 app.add_typer(prompt.app, name="prompt")
+app.add_typer(dataset.app, name="dataset")
+app.add_typer(train.app, name="train")
 app.command("sweep")(sweep.sweep)
 app.command("explore")(sweep.explore)
 app.command("refine")(sweep.refine)

@@ -16,7 +16,7 @@ from typing import Any
 from .. import paths
 from ..errors import HayaiError
 from . import catalog_entries as catalog
-from . import hashes, history, strategy_memory
+from . import hashes, history, strategy_memory, training
 from .catalog_entries import CatalogEntry
 from .history import Run
 from .migrations import migrate
@@ -159,6 +159,42 @@ class Store:
     def recall_strategy(self, key: tuple[str, str, int, int, int]) -> dict | None:
         with self._lock:
             return strategy_memory.recall(self._conn, key)
+
+    # -- LoRA training runs ----------------------------------------------------------------------
+
+    def start_training(self, run_id: int, *, name: str, run_dir: str, dataset: str, family: str, total_steps: int,
+                       resumed_from: int | None, config: dict[str, Any]) -> None:
+        """Record what a training run (already started with `start_run("train_lora", ...)`) trains."""
+        with self._lock:
+            training.insert_training_run(self._conn, run_id, name=name, run_dir=run_dir, dataset=dataset,
+                                         family=family, total_steps=total_steps, resumed_from=resumed_from, config=config)
+
+    def update_training(self, run_id: int, *, last_step: int, lora_path: str | None = None,
+                        metrics: list[tuple[int, str, float]] = ()) -> None:
+        """The step reached, the LoRA file once written, and new (step, name, value) metric rows."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                training.update_training_run(self._conn, run_id, last_step=last_step, lora_path=lora_path)
+                training.record_metrics(self._conn, run_id, list(metrics))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def training_run(self, run_id: int) -> training.TrainingRun | None:
+        with self._lock:
+            return training.get_training_run(self._conn, run_id)
+
+    def training_runs(self, name: str | None = None) -> list[training.TrainingRun]:
+        """Training runs, newest first (all, or those of one LoRA name)."""
+        with self._lock:
+            return training.list_training_runs(self._conn, name)
+
+    def training_metrics(self, run_id: int, name: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric ('loss', 'val_loss', 'lr') of a training run."""
+        with self._lock:
+            return training.metrics(self._conn, run_id, name)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

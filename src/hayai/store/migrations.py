@@ -62,6 +62,29 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (model_hash, device_key, width, height, batch_size)
     );
     """,
+    # 3: LoRA training runs (their `runs` row has kind 'train_lora') and their losses by step.
+    """
+    CREATE TABLE training_runs (
+        run_id        INTEGER PRIMARY KEY,            -- runs.id
+        name          TEXT NOT NULL,                  -- the LoRA's output name
+        run_dir       TEXT NOT NULL,                  -- checkpoints, samples, charts
+        dataset       TEXT NOT NULL,                  -- the source folder
+        family        TEXT NOT NULL,                  -- 'sd1', 'sdxl', 'sd3', ...
+        total_steps   INTEGER NOT NULL,
+        resumed_from  INTEGER,                        -- the step a resumed run started at (NULL: from 0)
+        last_step     INTEGER NOT NULL DEFAULT 0,     -- the last completed step
+        lora_path     TEXT,                           -- the kohya file in the LoRA catalog, once written
+        config        TEXT NOT NULL                   -- JSON object: the resolved TrainConfig
+    );
+    CREATE INDEX training_runs_name ON training_runs (name);
+    CREATE TABLE training_metrics (
+        run_id  INTEGER NOT NULL,
+        step    INTEGER NOT NULL,
+        name    TEXT NOT NULL,                        -- 'loss', 'val_loss', 'lr'
+        value   REAL NOT NULL,
+        PRIMARY KEY (run_id, step, name)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,91 @@
+"""`hayai dataset check|prepare`: the dataset doctor and dataset preparation (the source folder is only read)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hayai.cli.output import console
+
+app = typer.Typer(help="Training datasets: check a folder of images and captions, prepare it for training.",
+                  no_args_is_help=True)
+
+_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+@app.callback()
+def _group() -> None:
+    """Training datasets."""
+
+
+@app.command("check")
+def check(
+    folder: Path = typer.Argument(..., help="Folder of images with .txt captions (or metadata.jsonl); kohya N_name folders understood."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="The training resolution, to flag images too small for it."),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="The trigger word the captions should carry."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Counts, sizes, aspect ratios, captions, duplicates and tags, with what to fix (seed 002's advice)."""
+    from rich.markup import escape
+
+    from hayai.dataset import check_dataset, scan_dataset
+
+    report = check_dataset(scan_dataset(folder), resolution=resolution, trigger_word=trigger)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        console.print(escape(f"{report.root}: {report.images} images, {report.usable} readable"))
+        for name, facts in report.folders.items():
+            repeats = f", {facts['repeats']} repeats of class {facts['class']!r}" if facts["class"] else ""
+            console.print(escape(f"  {name}: {facts['images']} images{repeats}"))
+        if report.sizes:
+            s = report.sizes
+            console.print(escape(f"  sizes: {s['min_width']}-{s['max_width']} x {s['min_height']}-{s['max_height']} px "
+                                 f"(median {s['median_width']}x{s['median_height']}); aspect ratios: "
+                                 + ", ".join(f"{r} {n}" for r, n in report.aspect_ratios.items())))
+        c = report.captions
+        console.print(escape(f"  captions: {c['txt']} .txt, {c['metadata']} metadata, {c['missing']} missing, {c['empty']} empty"))
+        if report.tags:
+            console.print(escape("  top tags: " + ", ".join(f"{t} ({n})" for t, n in report.tags[:12])))
+        for finding in report.findings:
+            console.print(f"[{_STYLE[finding.level]}]{finding.level}[/]: " + escape(finding.message))
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command("prepare")
+def prepare(
+    folder: Path = typer.Argument(..., help="The source folder (never modified)."),
+    out: Path = typer.Argument(..., help="Where the prepared images and manifest.json go (a new or prepared folder)."),
+    resolution: int = typer.Option(512, "--resolution", help="Training side in pixels (SD1 512, SDXL/SD3 1024)."),
+    step: int = typer.Option(64, "--step", help="Bucket sides are multiples of this (64 for SD1/SDXL/SD3)."),
+    buckets: bool = typer.Option(True, "--buckets/--square", help="Aspect-ratio buckets, or centre-cropped squares."),
+    validation: float = typer.Option(0.1, "--validation", help="Share of the images held out for validation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="Put this in front of captions that lack it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Resize and crop into aspect buckets, split train/validation, write images, captions and manifest.json."""
+    from rich.markup import escape
+
+    from hayai.dataset import prepare_dataset, scan_dataset
+
+    manifest = prepare_dataset(scan_dataset(folder), out, resolution=resolution, bucket_step=step, buckets=buckets,
+                               validation_fraction=validation, seed=seed, trigger_word=trigger)
+    if as_json:
+        sys.stdout.write(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return
+    buckets_used: dict[str, int] = {}
+    for item in manifest.items:
+        buckets_used[f"{item.width}x{item.height}"] = buckets_used.get(f"{item.width}x{item.height}", 0) + 1
+    console.print(escape(f"{manifest.folder}: {len(manifest.split('train'))} training and {len(manifest.split('validation'))} "
+                         f"validation images; buckets {', '.join(f'{b} ({n})' for b, n in sorted(buckets_used.items()))}"))
+    for skipped in manifest.skipped:
+        console.print(f"skipped {skipped['source']}: {skipped['reason']}", style="yellow", markup=False)
+    for item in manifest.items:
+        if item.note:
+            console.print(f"{item.source}: {item.note}", style="yellow", markup=False)

@@ -1,0 +1,26 @@
+"""Training datasets: reading a folder of images and captions, the dataset doctor, and preparation.
+
+    from hayai.dataset import scan_dataset, check_dataset, prepare_dataset
+    scan = scan_dataset("my_pictures")              # images, captions, kohya N_name folders; nothing written
+    report = check_dataset(scan, resolution=512)   # counts, sizes, duplicates, tags, findings (pure)
+    manifest = prepare_dataset(scan, "prepared", resolution=512)   # buckets, split, manifest.json
+"""
+
+from __future__ import annotations
+
+from hayai.dataset.check import DatasetReport, Finding, check_dataset
+from hayai.dataset.prepare import Manifest, ManifestItem, load_manifest, prepare_dataset
+from hayai.dataset.scan import DatasetScan, ImageRecord, scan_dataset
+
+__all__ = [
+    "DatasetReport",
+    "DatasetScan",
+    "Finding",
+    "ImageRecord",
+    "Manifest",
+    "ManifestItem",
+    "check_dataset",
+    "load_manifest",
+    "prepare_dataset",
+    "scan_dataset",
+]
