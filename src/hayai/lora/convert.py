@@ -226,6 +226,27 @@ def target_up(layer: LayerWeights, target: Target):
     return up
 
 
+def diffusers_lora_metadata(configs: dict[str, dict]) -> dict[str, str]:
+    """The safetensors header diffusers' `load_lora_weights` reads the alphas from: one LoraConfig per
+    component (its most common rank and alpha, the others as patterns), from `configs` =
+    {component: {"ranks": {module: rank}, "alphas": {module: alpha}}}."""
+    import json
+    from collections import Counter
+
+    packed = {}
+    for component, config in configs.items():
+        r = Counter(config["ranks"].values()).most_common(1)[0][0]
+        alpha = Counter(config["alphas"].values()).most_common(1)[0][0]
+        packed.update({
+            f"{component}.r": r,
+            f"{component}.lora_alpha": alpha,
+            f"{component}.rank_pattern": {m: v for m, v in config["ranks"].items() if v != r},
+            f"{component}.alpha_pattern": {m: v for m, v in config["alphas"].items() if v != alpha},
+            f"{component}.target_modules": sorted(config["ranks"]),
+        })
+    return {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
+
+
 def kohya_to_diffusers(layers: list[LayerWeights], index: ModuleIndex, *, fmt: str = "kohya") -> tuple[dict, dict[str, str]]:
     """The layers in diffusers' naming, and the safetensors metadata that carries their alphas.
 
@@ -234,9 +255,6 @@ def kohya_to_diffusers(layers: list[LayerWeights], index: ModuleIndex, *, fmt: s
     header entry (a LoraConfig per component), which `load_lora_weights` reads from a file. Raises if
     any layer does not land on the model (the same check `LoraSet.apply` makes).
     """
-    import json
-    from collections import Counter
-
     mapped, unmatched = map_layers(layers, fmt, index)
     if unmatched:
         raise LoraError(f"{len(unmatched)} keys match no layer of the model: {', '.join(k for k, _ in unmatched[:10])}")
@@ -250,17 +268,4 @@ def kohya_to_diffusers(layers: list[LayerWeights], index: ModuleIndex, *, fmt: s
             config = configs.setdefault(target.component, {"ranks": {}, "alphas": {}})
             config["ranks"][target.module] = layer.rank
             config["alphas"][target.module] = layer.alpha if layer.alpha is not None else layer.rank
-    packed = {}
-    for component, config in configs.items():
-        r = Counter(config["ranks"].values()).most_common(1)[0][0]
-        alpha = Counter(config["alphas"].values()).most_common(1)[0][0]
-        packed.update(
-            {
-                f"{component}.r": r,
-                f"{component}.lora_alpha": alpha,
-                f"{component}.rank_pattern": {m: v for m, v in config["ranks"].items() if v != r},
-                f"{component}.alpha_pattern": {m: v for m, v in config["alphas"].items() if v != alpha},
-                f"{component}.target_modules": sorted(config["ranks"]),
-            }
-        )
-    return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
+    return tensors, diffusers_lora_metadata(configs)

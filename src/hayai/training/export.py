@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hayai.lora.convert import _sd3_sai_names
+from hayai.lora.convert import _sd3_sai_names, diffusers_lora_metadata
 from hayai.lora.synthetic import KOHYA_PREFIXES
 from hayai.models.families import Family
 from hayai.models.single_file import original_unet_name, unet_names_to_original
@@ -112,8 +112,6 @@ def kohya_state(network: LoraNetwork, pipe, family: Family) -> dict[str, torch.T
 
 def diffusers_state(network: LoraNetwork) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The network in diffusers' `pytorch_lora_weights` naming, and the header metadata with its configs."""
-    from collections import Counter
-
     tensors: dict[str, torch.Tensor] = {}
     configs: dict[str, dict] = {}
     for target in network.targets:
@@ -124,18 +122,7 @@ def diffusers_state(network: LoraNetwork) -> tuple[dict[str, torch.Tensor], dict
         config = configs.setdefault(target.component, {"ranks": {}, "alphas": {}})
         config["ranks"][target.path] = down.shape[0]
         config["alphas"][target.path] = scale * down.shape[0]
-    packed = {}
-    for component, config in configs.items():
-        r = Counter(config["ranks"].values()).most_common(1)[0][0]
-        alpha = Counter(config["alphas"].values()).most_common(1)[0][0]
-        packed.update({
-            f"{component}.r": r,
-            f"{component}.lora_alpha": alpha,
-            f"{component}.rank_pattern": {m: v for m, v in config["ranks"].items() if v != r},
-            f"{component}.alpha_pattern": {m: v for m, v in config["alphas"].items() if v != alpha},
-            f"{component}.target_modules": sorted(config["ranks"]),
-        })
-    return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
+    return tensors, diffusers_lora_metadata(configs)
 
 
 def _write(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
