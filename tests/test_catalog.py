@@ -230,7 +230,7 @@ def test_non_model_file_is_listed_with_a_problem_and_cannot_be_resolved(catalog,
     with pytest.raises(ModelError, match=r"model 'style-lora' .* cannot be used: this file holds LoRA/adapter weights"):
         catalog.resolve("style-lora")
     # it is never picked as the default either
-    assert catalog.resolve(None).name == PLACEHOLDER_NAME
+    assert catalog.resolve(None).name == BUILTIN_MODEL_NAME
 
 
 def test_adding_a_non_model_file_is_refused(catalog, tmp_path):

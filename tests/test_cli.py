@@ -17,6 +17,7 @@ from PIL import Image
 from hayai.generation.engine import Engine
 from hayai.generation.imagefile import read_image_metadata
 from hayai.generation.request import GenerationRequest
+from hayai.models.builtin import BUILTIN_MODEL_NAME
 from hayai.models.families import Family
 
 A1111_PAIR = re.compile(r"\s*(\w[\w \-/]+):\s*(\"(?:\\.|[^\\\"])+\"|[^,]*)(?:,|$)")  # modules/infotext_utils.py
@@ -39,9 +40,11 @@ def _pixels(path_or_image):
 
 
 def test_first_run_makes_a1111_readable_png_and_reproduces_it(tmp_path):
+    """A fresh install (nothing installed, nothing downloaded) draws with the built-in demo model."""
     out = tmp_path / "out"
     result = json.loads(hayai("generate", "a red circle", "--steps", "3", "--seed", "42", "-o", out, "--json").stdout)
-    assert result["placeholder"] is True and "random weights" in result["warnings"][0]
+    assert (result["model"], result["placeholder"], result["warnings"]) == (BUILTIN_MODEL_NAME, False, [])
+    assert Image.open(out / "00000-42.png").size == (64, 64)  # the size it was trained at
     png = out / "00000-42.png"
     assert result["images"][0]["path"] == str(png)
     infotext = Image.open(png).text["parameters"]

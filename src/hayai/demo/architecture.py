@@ -2,8 +2,10 @@
 
 A standard diffusers `StableDiffusionPipeline` (so hayai's engine, samplers and metadata treat it as any
 SD1 model): a KL autoencoder with 3 blocks (scale factor 4: a 64x64 image is a 16x16x4 latent), a UNet
-with three levels (16x16, 8x8, 4x4) and cross-attention to the prompt on the two lower ones, a small
-CLIP text encoder (2 layers, width 128, CLIP's 77 positions), and SD1's noise schedule.
+with four levels (16x16 down to 2x2), a 15x15 first convolution and cross-attention to the prompt on the
+three lower levels, a small CLIP text encoder (2 layers, width 128, CLIP's 77 positions), and SD1's noise
+schedule with SD2's v-prediction (the model predicts the clean image at high noise, where the layout is
+decided, and the noise at low noise).
 
 The tokenizer is a real `CLIPTokenizer` whose vocabulary is CLIP's 512 byte tokens plus every caption
 word, built by byte-pair merges learned from the caption words (`bpe_merges`): each caption word is one
@@ -45,7 +47,7 @@ SCHEDULER_CONFIG = dict(
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
-    prediction_type="epsilon",
+    prediction_type="v_prediction",
     steps_offset=1,
     timestep_spacing="leading",
 )
@@ -75,11 +77,17 @@ def unet_config() -> dict:
         sample_size=IMAGE_SIZE // VAE_FACTOR,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(32, 64, 64, 64),
         layers_per_block=1,
-        # convolutions only at 16x16; cross-attention to the prompt at 8x8 and 4x4 (and in the middle)
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # convolutions only at 16x16; cross-attention to the prompt at 8x8, 4x4 and 2x2 (and in the middle).
+        # The 2x2 level is there for "where": the UNet has no position embedding, so it knows where a pixel
+        # is only from the zero padding at the borders, and at 2x2 every cell is a different corner.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # a 15x15 first convolution: every latent pixel sees the frame's edges (zero padding) from the first
+        # layer, which is how a convolutional UNet knows where it is; with 3x3 it learned colour and shape
+        # but ignored "top left" (measured: no difference at all between right and swapped position words)
+        conv_in_kernel=15,
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=4,  # diffusers' SD1 UNet reads this as the number of heads
         norm_num_groups=8,

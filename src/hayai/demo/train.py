@@ -3,13 +3,14 @@
     python scripts/train_demo_model.py --out src/hayai/models/builtin/hayai-shapes
 
 Four stages, each resumable (a checkpoint every `checkpoint_every` steps; run the same command again):
-1. vae: the autoencoder learns to squeeze 64x64 shape images into 8x8 latents and back (L1 + MSE, a
+1. vae: the autoencoder learns to squeeze 64x64 shape images into 16x16x4 latents and back (L1 + MSE, a
    whisper of KL), on images rendered fresh for every step;
 2. latents: a fixed pool of captioned images is rendered and encoded once (mean and std of each
    latent), and the latent scale is set so the latents have unit variance, as SD's 0.18215 does;
-3. unet: the UNet and the text encoder learn to predict the noise (epsilon, SD1's schedule), with
-   min-SNR weighting and captions dropped now and then so classifier-free guidance has an
-   unconditional branch to push against; an EMA of the weights is what ships;
+3. unet: the UNet learns to predict v (SD2's v-prediction on SD1's schedule) for the prompt as the
+   frozen, randomly initialised text encoder reads it, each sample's x0 error weighted within
+   [1, min-SNR gamma], captions dropped now and then so classifier-free guidance has an unconditional
+   branch to push against; an EMA of the weights is what ships;
 4. export: a diffusers folder (safetensors) plus `hayai_model.json` with the training facts, and,
    if asked, the adherence figures of the finished model.
 
@@ -46,14 +47,19 @@ class TrainConfig:
     vae_kl_weight: float = 1e-6  # SD's KL weight: the latent stays near-deterministic but bounded
     # -- stage 2: the latent pool
     pool_size: int = 12000  # captioned images rendered and encoded once for the UNet stage
-    # -- stage 3: the denoiser (UNet + text encoder)
+    # -- stage 3: the denoiser
     unet_steps: int = 2500  # optimizer steps
     unet_batch: int = 32  # latents per step
     unet_lr: float = 1e-3  # AdamW peak learning rate
     warmup_steps: int = 100  # linear warm-up, then cosine decay to 5% of the peak
-    weight_decay: float = 0.01  # AdamW weight decay (UNet and text encoder)
+    weight_decay: float = 0.01  # AdamW weight decay
+    # the text encoder stays as initialised (random): trained along with the UNet it learned to drop the
+    # position words (which the UNet could not use yet) and position never came; frozen, every word keeps
+    # its voice and the UNet learns to read them (measured on the same run: no position gap vs a growing one)
+    train_text_encoder: bool = False
     caption_dropout: float = 0.1  # share of captions replaced by "" (the unconditional branch for CFG)
-    min_snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
+    min_snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023): low-noise steps weigh at most this; 0: off
+    high_noise_weight: float = 1.0  # high-noise steps weigh at least this (as an x0 loss); 0: plain epsilon loss
     ema_decay: float = 0.999  # EMA of UNet and text-encoder weights (what ships)
     # -- bookkeeping
     log_every: int = 25  # steps per row of loss.tsv (the mean loss over those steps)
@@ -204,7 +210,7 @@ def train(config: TrainConfig) -> Path:
         state = _train_unet(config, pipe, pool, state, checkpoint, log, elapsed, run_slice)
     pipe.unet.load_state_dict(state["unet"])
     pipe.text_encoder.load_state_dict(state["text_encoder"])
-    _swap_in([*pipe.unet.parameters(), *pipe.text_encoder.parameters()], state["ema"])  # the EMA weights ship
+    _swap_in(_trained_params(config, pipe), state["ema"])  # the EMA weights ship
     pipe.vae.register_to_config(scaling_factor=pool["scaling_factor"])
     out = _export(config, pipe, state, work, elapsed)
     checkpoint.save({**state, "stage": "done", "seconds": elapsed()})
@@ -308,6 +314,11 @@ def _latent_pool(config, pipe, work, elapsed) -> dict:
     return pool
 
 
+def _trained_params(config, pipe) -> list:
+    """What the denoiser stage trains (and keeps an EMA of): the UNet, and the text encoder unless frozen."""
+    return [*pipe.unet.parameters(), *(pipe.text_encoder.parameters() if config.train_text_encoder else [])]
+
+
 def _train_unet(config, pipe, pool, state, checkpoint, log, elapsed, run_slice) -> dict:
     import torch
     from diffusers import DDPMScheduler
@@ -316,7 +327,8 @@ def _train_unet(config, pipe, pool, state, checkpoint, log, elapsed, run_slice) 
     if "unet" in state:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
-    params = [*unet.parameters(), *text_encoder.parameters()]
+    params = _trained_params(config, pipe)
+    text_encoder.requires_grad_(config.train_text_encoder)
     optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=config.weight_decay)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -347,10 +359,15 @@ def _train_unet(config, pipe, pool, state, checkpoint, log, elapsed, run_slice) 
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             hidden = text_encoder(ids)[0]
             prediction = unet(noisy, timesteps, hidden).sample
-            per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
-            if config.min_snr_gamma > 0:
-                snr = snr_all[timesteps]
-                per_sample = per_sample * snr.clamp(max=config.min_snr_gamma) / snr
+            velocity = noise_scheduler.config.prediction_type == "v_prediction"
+            target = noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
+            per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))
+            # weigh each sample by its error on x0 (the clean latent): a plain epsilon loss weighs x0 by SNR,
+            # next to nothing at high noise, which is where the layout (where the shape goes) is decided;
+            # a v loss by SNR + 1. Clamp the x0 weight to [high_noise_weight, min_snr_gamma].
+            snr = snr_all[timesteps]
+            x0_weight = snr.clamp(min=config.high_noise_weight, max=config.min_snr_gamma or None)
+            per_sample = per_sample * x0_weight / (snr + 1 if velocity else snr)
             loss = per_sample.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
