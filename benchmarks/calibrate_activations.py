@@ -42,25 +42,20 @@ from hayai.memory import costs  # noqa: E402
 from hayai.memory.facts import facts_for_architecture  # noqa: E402
 from hayai.models.architectures import build_component  # noqa: E402
 
+from proc_memory import status_kib  # noqa: E402 (a sibling module: run as python benchmarks/...)
+
 RESULTS = Path(__file__).parent / "results" / "activation_calibration_cpu.json"
 MIB = 2**20
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def measure(run) -> int:
     """Peak resident bytes that `run()` adds above the current resident set."""
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     with torch.no_grad():
         out = run()
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     del out
     return (peak - base) * 1024
 

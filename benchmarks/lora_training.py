@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_memory import status_kib  # noqa: E402 (a sibling module: run as python benchmarks/...)
+
 _ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
 if any(os.environ.get(k) != v for k, v in _ENV.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_ENV})
@@ -39,13 +41,6 @@ if any(os.environ.get(k) != v for k, v in _ENV.items()):
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("recipe", "hayai-nocache", "hayai")
 MIB = 2**20
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 class Peak:
@@ -60,13 +55,13 @@ class Peak:
             self.base = int(torch.cuda.memory_allocated())
         else:
             Path("/proc/self/clear_refs").write_text("5")
-            self.base = _status_kib("VmRSS") * 1024
+            self.base = status_kib("VmRSS") * 1024
 
     def read(self) -> tuple[int, int]:
         """(peak, what the measured code added to what was there when it started)."""
         import torch
 
-        peak = int(torch.cuda.max_memory_allocated()) if self.cuda else _status_kib("VmHWM") * 1024
+        peak = int(torch.cuda.max_memory_allocated()) if self.cuda else status_kib("VmHWM") * 1024
         return peak, peak - self.base
 
 
@@ -215,10 +210,10 @@ def calibrate(sizes: tuple[int, ...] = (256, 384)) -> dict:
             network.attach(pipe)
             gc.collect()
             Path("/proc/self/clear_refs").write_text("5")
-            base = _status_kib("VmRSS")
+            base = status_kib("VmRSS")
             out = unet(**inputs).sample
             out.float().pow(2).mean().backward()
-            peak = (_status_kib("VmHWM") - base) * 1024
+            peak = (status_kib("VmHWM") - base) * 1024
             network.detach()
             del out
             for p in network.parameters():
