@@ -48,7 +48,7 @@ class TrainConfig:
     # -- stage 2: the latent pool
     pool_size: int = 12000  # captioned images rendered and encoded once for the UNet stage
     # -- stage 3: the denoiser
-    unet_steps: int = 2500  # optimizer steps
+    unet_steps: int = 3500  # optimizer steps (2,500 gave colour 61%, shape 68%; 3,500: 85%, 78%)
     unet_batch: int = 32  # latents per step
     unet_lr: float = 1e-3  # AdamW peak learning rate
     warmup_steps: int = 100  # linear warm-up, then cosine decay to 5% of the peak
