@@ -87,7 +87,7 @@ def report(engine):
 
 # what the shipped model measured (hayai_model.json) less 5 points: a change to sampling, prompt encoding or
 # the engine that makes it draw worse fails here
-FLOORS = {"colour": 0.80, "shape": 0.73, "size": 0.90, "position": 0.95, "background": 0.95}
+FLOORS = {"colour": 0.87, "shape": 0.80, "size": 0.92, "position": 0.95, "background": 0.95}
 
 
 @pytest.mark.slow
@@ -99,9 +99,8 @@ def test_shipped_model_keeps_its_measured_adherence(report):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 4 is open: the shipped model draws position (100%) but not yet colour "
-                   "(85%) and shape (78%) to the bar; strict, so a model that meets it makes this fail until unmarked")
 def test_shipped_model_meets_the_issue_bar(report):
+    """Issue 4's bar: colour >= 90%, shape >= 80%, position >= 80% at the default settings, >= 100 images."""
     for attribute, bar in THRESHOLDS.items():
         assert report.accuracy[attribute] >= bar, (attribute, report.accuracy)
 
@@ -137,3 +136,35 @@ def test_training_is_reproducible_and_resumable(tmp_path):
     assert losses(straight) == losses(sliced)
     facts = json.loads((straight / "hayai_model.json").read_text())
     assert facts["training"]["config"]["unet_steps"] == 3
+    assert "out" not in facts["training"]["config"]  # the recipe is recorded, not where the run kept its files
+
+
+@pytest.mark.slow
+def test_shipped_autoencoder_keeps_the_shapes():
+    """The ceiling under every generated image: a scene encoded and decoded still reads back as itself.
+
+    A 1,500-step autoencoder kept 94% of the shapes (small ones on grey came back round); the shipped
+    3,000-step one keeps 98.8% of 600 scenes.
+    """
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from hayai.demo.shapes import all_scenes, render
+
+    vae = AutoencoderKL.from_pretrained(BUILTIN_MODEL / "vae").eval()
+    scenes = all_scenes()
+    picked = np.random.default_rng(5).choice(len(scenes), 200, replace=False)
+    kept = {attribute: 0 for attribute in ("colour", "shape", "size", "position", "background")}
+    for index in picked:
+        scene = scenes[index]
+        image = render(scene, np.random.default_rng(int(index)))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        decoded = Image.fromarray(((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+        for attribute, ok in score(decoded, scene.caption).items():
+            kept[attribute] += ok
+    assert kept["shape"] / len(picked) >= 0.97, kept
+    assert all(count / len(picked) >= 0.99 for attribute, count in kept.items() if attribute != "shape"), kept

@@ -41,7 +41,7 @@ class TrainConfig:
     seed: int = 0  # everything random derives from this
     threads: int = 1  # torch CPU threads; 1 is fastest on a busy 2-core machine, and part of reproducibility
     # -- stage 1: the autoencoder
-    vae_steps: int = 1500  # optimizer steps
+    vae_steps: int = 3000  # optimizer steps; shapes that survive an encode-decode: 94% after 1,500 (small ones on grey blur round), 98.8% after 3,000
     vae_batch: int = 8  # images per step, rendered fresh: 3/4 collages of shapes, 1/4 real scenes
     vae_lr: float = 1e-3  # AdamW learning rate, cosine-decayed to 5% of itself
     vae_kl_weight: float = 1e-6  # SD's KL weight: the latent stays near-deterministic but bounded
@@ -460,7 +460,8 @@ def _export(config, pipe, state, work, elapsed) -> Path:
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_encoder")},
         "training": {
             "command": "python scripts/train_demo_model.py",
-            "config": dataclasses.asdict(config),
+            # the recipe, not where this run kept its files
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "work_dir")},
             "seconds": round(elapsed(), 1),
             "final_loss": final,
             "machine": {
