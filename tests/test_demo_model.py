@@ -114,7 +114,7 @@ def test_training_is_reproducible_and_resumable(tmp_path):
     def config(name: str, **extra) -> TrainConfig:
         return TrainConfig(
             out=str(tmp_path / name / "model"), work_dir=str(tmp_path / name / "work"), vae_steps=3, vae_batch=4,
-            pool_size=8, unet_steps=3, unet_batch=2, warmup_steps=1, log_every=1, checkpoint_every=100,
+            pool_size=8, unet_steps=3, unet_batch=2, warmup_steps=1, log_every=2, checkpoint_every=100,
             eval_every=0, final_eval=False, **extra,
         )
 

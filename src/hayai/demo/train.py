@@ -230,7 +230,7 @@ def _train_vae(config, vae, state, checkpoint, log, elapsed, run_slice) -> dict:
     vae.train()
     validation = _to_tensor(image for _, _, image in samples([config.seed, 9], 16))  # real scenes, never trained on
     progress, task = _progress(config.vae_steps, "1/3 autoencoder")
-    running = []
+    running = list(state.get("running", []))  # losses since the last loss.tsv row (a resumed run finishes the row)
     with progress:
         progress.update(task, completed=state["step"])
         for step in range(state["step"], config.vae_steps):
@@ -263,7 +263,7 @@ def _train_vae(config, vae, state, checkpoint, log, elapsed, run_slice) -> dict:
                 finished = done == config.vae_steps
                 state = {
                     "stage": "latents" if finished else "vae", "step": done, "seconds": elapsed(),
-                    "vae": vae.state_dict(), **({} if finished else {"vae_optimizer": optimizer.state_dict()}),
+                    "vae": vae.state_dict(), **({} if finished else {"vae_optimizer": optimizer.state_dict(), "running": running}),
                 }
                 checkpoint.save(state)
             progress.update(task, completed=done)
@@ -342,7 +342,7 @@ def _train_unet(config, pipe, pool, state, checkpoint, log, elapsed, run_slice) 
     unet.train()
     text_encoder.train()
     progress, task = _progress(config.unet_steps, "3/3 denoiser")
-    running = []
+    running = list(state.get("running", [])) if "unet" in state else []
     with progress:
         progress.update(task, completed=state["step"])
         for step in range(state["step"], config.unet_steps):
@@ -395,7 +395,7 @@ def _train_unet(config, pipe, pool, state, checkpoint, log, elapsed, run_slice) 
                     "stage": "export" if done == config.unet_steps else "unet", "step": done, "seconds": elapsed(),
                     "vae": pipe.vae.state_dict(), "scaling_factor": scale,
                     "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(), "ema": ema,
+                    "optimizer": optimizer.state_dict(), "ema": ema, "running": running,
                 }
                 checkpoint.save(state)
             progress.update(task, completed=done)
