@@ -15,12 +15,12 @@ app = typer.Typer(help="Measure models: prompt adherence on the shapes world.", 
 
 @app.command("adherence")
 def adherence(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or path [the default model]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or path \\[the default model]."),
     steps: int = typer.Option(20, "--steps", help="Denoising steps."),
     cfg: float = typer.Option(7.0, "--cfg", help="CFG scale."),
     seeds: int = typer.Option(2, "--seeds", "-n", help="Seeds per prompt (0..n-1); images = 60 prompts x n."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name [the family's default]."),
-    schedule: str = typer.Option("Automatic", "--schedule", help="Schedule type [the sampler's own]."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[the family's default]."),
+    schedule: str = typer.Option("Automatic", "--schedule", help="Schedule type \\[the sampler's own]."),
     as_json: bool = typer.Option(False, "--json", help="Print the report (with every miss) as JSON on stdout."),
 ) -> None:
     """Generate a fixed, balanced set of shapes prompts and report the accuracy of each attribute.

@@ -43,8 +43,8 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.
 
 def plan(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A model, or arch:sd15 / arch:sdxl / arch:sd35m."),
-    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width [the family's native size]."),
-    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height [the family's native size]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the family's native size]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the family's native size]."),
     batch: int = typer.Option(1, "--batch", "-b", help="Images per pass."),
     steps: int = typer.Option(20, "--steps", help="Denoising steps."),
     cfg: float = typer.Option(7.0, "--cfg", help="CFG scale (above 1 doubles the denoiser's batch)."),

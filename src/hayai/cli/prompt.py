@@ -20,9 +20,9 @@ def _group() -> None:
 
 @app.command("check")
 def check(
-    prompt: str = typer.Argument(..., help="The prompt (A1111 syntax: (x:1.2), [x], BREAK, [a:b:0.5], <lora:NAME:W>)."),
+    prompt: str = typer.Argument(..., help="The prompt (A1111 syntax: (x:1.2), \\[x], BREAK, \\[from:to:0.5], <lora:NAME:W>)."),
     negative: str = typer.Option("", "--negative", "-n", help="Negative prompt."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose tokenizers count [the default model]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose tokenizers count \\[the default model]."),
     model_config: Optional[str] = typer.Option(None, "--model-config", help="Single-file checkpoints: a diffusers folder with the configs."),
     steps: int = typer.Option(20, "--steps", help="Steps, for prompt-editing schedules."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
