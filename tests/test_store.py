@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import pytest
 from hayai.errors import HayaiError
 from hayai.store import SCHEMA_VERSION, CatalogEntry, Run, Store, history_tsv
 from hayai.store.migrations import MIGRATIONS, migrate
+from hayai.store.processes import process_alive, process_token
 
 
 @pytest.fixture
@@ -334,3 +339,74 @@ def test_one_store_is_safe_across_threads(store: Store) -> None:
     assert errors == []
     runs = store.runs(limit=1000)
     assert len(runs) == 80 and {r.status for r in runs} == {"ok"}
+
+
+# -- runs whose process died ------------------------------------------------------------------
+
+
+def _killed_run(db: Path, prompt: str) -> int:
+    """Start a run in a child process, then SIGKILL the child before it can finish the run."""
+    code = (
+        "import sys, time; from hayai.store import Store; "
+        f"s = Store({str(db)!r}); "
+        f"print(s.start_run('generate', request={{'prompt': {prompt!r}}}, model='m', model_hash=None, device='cpu'), flush=True); "
+        "time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    run_id = int(child.stdout.readline())
+    child.kill()
+    child.wait()
+    return run_id
+
+
+def test_a_run_whose_process_was_killed_is_interrupted_not_running(store: Store, db: Path) -> None:
+    killed = _killed_run(db, "killed")
+    alive = _start(store, "still going")  # this test's own process: alive
+    runs = {run.id: run for run in store.runs()}
+    assert runs[alive].status == "running" and runs[alive].error is None
+    assert runs[killed].status == "interrupted"
+    assert runs[killed].finished_at is not None
+    assert "ended before the run did: killed or crashed" in runs[killed].error
+    assert store.run(killed).status == "interrupted"
+    assert [r.id for r in store.runs(status="running")] == [alive]
+    _finish(store, alive)  # the live run still finishes normally
+    assert store.run(alive).status == "ok"
+
+
+def test_a_dead_process_is_noticed_by_run_too(store: Store, db: Path) -> None:
+    killed = _killed_run(db, "killed")
+    assert store.run(killed).status == "interrupted"
+
+
+def test_runs_logged_before_processes_were_recorded_stay_as_they_were(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = _raw(db)
+    migrate(conn, where="test", migrations=MIGRATIONS[:3])
+    conn.execute(
+        "INSERT INTO runs (kind, status, created_at, model, device, request) "
+        "VALUES ('generate', 'running', '2026-01-01T00:00:00.000000+00:00', 'm', 'cpu', '{}')"
+    )
+    conn.close()
+    with Store(db) as store:
+        (run,) = store.runs()
+    assert run.status == "running"  # unknown process: nothing to tell it by
+
+
+def test_process_tokens_tell_live_dead_reused_and_foreign_processes() -> None:
+    me = process_token()
+    host, pid, start = me.rsplit(":", 2)
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+    assert process_alive(me) is True
+    if start:  # Linux: the start time tells a reused pid from the run's own process
+        assert process_alive(f"{host}:{pid}:{start}0") is False
+    assert process_alive(f"not-{host}:{pid}:{start}") is None  # another machine's run: cannot tell
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    token = process_token(child.pid)
+    assert process_alive(token) is True
+    child.kill()
+    deadline = time.monotonic() + 10
+    while process_alive(token) and time.monotonic() < deadline:  # a zombie until reaped: already dead
+        time.sleep(0.01)
+    assert process_alive(token) is False
+    child.wait()
+    assert process_alive(token) is False

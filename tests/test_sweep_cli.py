@@ -30,6 +30,8 @@ def test_sweep_on_the_default_model_survives_a_kill_and_resumes(tmp_path):
         proc.wait()
     finished = len(state.read_text().splitlines())
     assert 2 <= finished < 6
+    (killed,) = Store().runs(kind="sweep")
+    assert killed.status == "interrupted" and "killed or crashed" in killed.error  # not 'running' forever
     images = folder / "images"
     stamps = {p.name: p.stat().st_mtime_ns for p in images.glob("*.png")}
     assert len(stamps) == finished

@@ -20,6 +20,7 @@ from . import hashes, history, strategy_memory, training
 from .catalog_entries import CatalogEntry
 from .history import Run
 from .migrations import migrate
+from .processes import process_token
 
 __all__ = ["Store", "BUSY_TIMEOUT_S"]
 
@@ -59,11 +60,11 @@ class Store:
     def start_run(
         self, kind: str, *, request: dict[str, Any], model: str, model_hash: str | None, device: str
     ) -> int:
-        """Log a run as 'running' and return its id; call `finish_run` when it ends."""
+        """Log a run as 'running' by this process and return its id; call `finish_run` when it ends."""
         with self._lock:
             return history.insert_run(
                 self._conn, kind, request=request, model=model, model_hash=model_hash,
-                device=device, now=_now(),
+                device=device, now=_now(), process=process_token(),
             )
 
     def finish_run(
@@ -97,8 +98,10 @@ class Store:
         kind: str | None = None,
     ) -> list[Run]:
         """Runs matching every given filter, newest first; `search` is a case-insensitive
-        substring of the prompt, `since` an aware datetime (naive ones are local time)."""
+        substring of the prompt, `since` an aware datetime (naive ones are local time).
+        A run whose process has died is 'interrupted', not 'running'."""
         with self._lock:
+            history.end_dead_runs(self._conn, now=_now())
             return history.query_runs(
                 self._conn, limit=limit, status=status, model=model, search=search,
                 since=since, kind=kind,
@@ -107,6 +110,7 @@ class Store:
     def run(self, run_id: int) -> Run:
         """The run with this id; HayaiError if there is none."""
         with self._lock:
+            history.end_dead_runs(self._conn, now=_now())
             return history.get_run(self._conn, run_id)
 
     # -- file hashes -----------------------------------------------------------------------

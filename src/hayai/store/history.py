@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import HayaiError
+from .processes import process_alive
 
 __all__ = [
     "Run",
@@ -21,6 +22,7 @@ __all__ = [
     "iso_utc",
     "insert_run",
     "finish_run",
+    "end_dead_runs",
     "get_run",
     "query_runs",
     "fold",
@@ -84,13 +86,14 @@ def insert_run(
     model_hash: str | None,
     device: str,
     now: str,
+    process: str | None = None,
 ) -> int:
-    """Log a new run with status 'running'; return its id."""
+    """Log a new run with status 'running', run by `process` (a `process_token`); return its id."""
     _check(kind, RUN_KINDS, "kind")
     cursor = conn.execute(
-        "INSERT INTO runs (kind, status, created_at, model, model_hash, device, request) "
-        "VALUES (?, 'running', ?, ?, ?, ?, ?)",
-        (kind, now, model, model_hash, device, _dumps(request)),
+        "INSERT INTO runs (kind, status, created_at, model, model_hash, device, request, process) "
+        "VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+        (kind, now, model, model_hash, device, _dumps(request), process),
     )
     return cursor.lastrowid
 
@@ -122,6 +125,23 @@ def finish_run(
     if cursor.rowcount == 0:
         previous = get_run(conn, run_id)  # raises if there is no such run
         raise HayaiError(f"run {run_id} is already finished (status {previous.status!r})")
+
+
+def end_dead_runs(conn: sqlite3.Connection, *, now: str) -> list[int]:
+    """Record as 'interrupted' each 'running' run whose process has ended (killed or crashed, so it never
+    said how the run ended); `finished_at` is then when this noticed. Return their ids.
+
+    A run of another machine, or one logged before processes were recorded, stays as it is.
+    """
+    rows = conn.execute("SELECT id, process FROM runs WHERE status = 'running' AND process IS NOT NULL").fetchall()
+    dead = [(run_id, process) for run_id, process in rows if process_alive(process) is False]
+    for run_id, process in dead:
+        pid = process.rsplit(":", 2)[1]
+        conn.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+            (now, f"its process (pid {pid}) ended before the run did: killed or crashed", run_id),
+        )
+    return [run_id for run_id, _ in dead]
 
 
 def get_run(conn: sqlite3.Connection, run_id: int) -> Run:

@@ -85,6 +85,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, step, name)
     );
     """,
+    # 4: the process that runs each run, so a run whose process was killed is not 'running' forever:
+    # 'HOST:PID:START' (hayai.store.processes), NULL for runs logged before. (No SQL comment here: SQLite
+    # splices an added column's text into the table's CREATE statement, where a '--' would swallow the ')'.)
+    """
+    ALTER TABLE runs ADD COLUMN process TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
