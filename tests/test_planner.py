@@ -136,3 +136,33 @@ def test_cpu_plan_names_the_cpu_strategies():
     names = [s.name for s in candidates(parse_device_spec("cpu"))]
     assert names == ["cpu-float32", "cpu-float32+vae-tiling", "cpu-float32+vae-tiling+split"]
     assert Strategy.from_dict(Strategy(placement="cpu", device="cpu").to_dict()) == Strategy(placement="cpu", device="cpu")
+
+
+def test_flop_counts_are_made_once_and_kept_in_the_store_for_the_next_process(facts, tmp_path, monkeypatch):
+    from hayai.memory import costs
+    from hayai.memory.planner import plan_keeping_counts
+    from hayai.store import Store
+
+    request, device = PlanRequest(320, 320, 1, True, 20), parse_device_spec(DEVICES["8GB"])
+    monkeypatch.setattr(costs, "_FLOP_COUNTS", {})  # what other tests counted in this process is not in play
+    with Store(tmp_path / "hayai.db") as store:
+        first = plan_keeping_counts(store, facts["sd15"], request, device)
+        kept = store.flop_counts()
+    assert len(kept) == 2  # the denoiser and the VAE decoder at this latent size
+    assert kept == costs.flop_counts()
+
+    def no_counting(run):
+        raise AssertionError("counted FLOPs that the store keeps")
+
+    monkeypatch.setattr(costs, "_FLOP_COUNTS", {})  # a new process: nothing counted yet
+    monkeypatch.setattr(costs, "_count_flops", no_counting)
+    with Store(tmp_path / "hayai.db") as store:
+        again = plan_keeping_counts(store, facts["sd15"], request, device)
+    assert again.chosen == first.chosen and [e.seconds for e in again.candidates] == [e.seconds for e in first.candidates]
+
+    import diffusers
+
+    monkeypatch.setattr(costs, "_FLOP_COUNTS", {})
+    monkeypatch.setattr(diffusers, "__version__", "0.0.1")  # another diffusers may build the model differently
+    with Store(tmp_path / "hayai.db") as store, pytest.raises(AssertionError, match="counted FLOPs"):
+        plan_keeping_counts(store, facts["sd15"], request, device)

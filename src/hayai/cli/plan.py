@@ -56,14 +56,16 @@ def plan(
     """Every execution strategy with its predicted peak memory and time, and the one hayai would pick."""
     from hayai.hardware import GIB
     from hayai.memory.planner import PlanRequest
-    from hayai.memory.planner import plan as make_plan
+    from hayai.memory.planner import plan_keeping_counts
     from hayai.memory.presets import PRESETS, suggest
+    from hayai.store import Store
 
     facts, label = _facts(model)
     spec = _device(device, vram)
     side = facts.native_size
     shape = PlanRequest(width or side, height or side, batch, cfg > 1, steps)
-    result = make_plan(facts, shape, spec)
+    with Store() as store:
+        result = plan_keeping_counts(store, facts, shape, spec)
     suggestions = [suggest(spec, facts.family, p) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),

@@ -31,7 +31,7 @@ from hayai.hardware import DeviceSpec, capped, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
 from hayai.memory.apply import apply_strategy, encode_device, free_memory
 from hayai.memory.facts import facts_from_pipeline
-from hayai.memory.planner import Plan, PlanRequest, plan
+from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
 from hayai.models.catalog import Catalog, is_placeholder, source_hash
 from hayai.models.families import FAMILY_INFO, Family
@@ -138,7 +138,7 @@ class Engine:
     def plan_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[Plan, Strategy, str]:
         """The plan for a resolved request, and the strategy to start with (and why)."""
         shape = PlanRequest(request.width, request.height, request.batch_size, request.cfg_scale > 1, request.steps)
-        the_plan = plan(loaded.facts, shape, self.device_spec, allow_lossy=self.allow_lossy)
+        the_plan = plan_keeping_counts(self.store, loaded.facts, shape, self.device_spec, allow_lossy=self.allow_lossy)
         if self.forced_strategy:
             return the_plan, self._forced(), f"forced: {self.forced_strategy}"
         remembered = self.store.recall_strategy(self._memory_key(loaded, request))

@@ -3,8 +3,10 @@
 - Weights: parameter count x bytes per element.
 - FLOPs: counted exactly by `torch.utils.flop_counter.FlopCounterMode` while the denoiser (or VAE
   decoder) runs on the meta device at the requested size: no memory, no weights, a second or two for
-  SDXL/SD3.5 at 1024 px, cached per (config, latent size) and scaled by the batch (exact: every op
-  is batch-parallel). Text encoding is approximated as 2 x matmul params x tokens.
+  SDXL/SD3.5 at 1024 px, counted once per (config, latent size, library versions) and scaled by the batch
+  (exact: every op is batch-parallel). The counts of this process are in `flop_counts()`; the engine
+  keeps them in its store and hands them back with `remember_flop_counts`, so a new process does not
+  count again. Text encoding is approximated as 2 x matmul params x tokens.
 - Activations: an analytic model of what eager inference keeps alive at its peak, from the configs
   (channels and tokens at each level), scaled by factors measured on a CPU
   (`benchmarks/calibrate_activations.py`, figures in `benchmarks/results/activation_calibration_cpu.json`).
@@ -15,12 +17,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 __all__ = [
     "ATTENTION_KINDS", "CLIP_TOKENS", "T5_TOKENS", "DTYPE_BYTES", "EAGER_EFFICIENCY", "dtype_bytes", "weight_bytes", "latent_size",
-    "denoiser_flops", "vae_decode_flops", "text_encode_flops", "vae_tiles", "denoiser_activation_bytes",
+    "denoiser_flops", "vae_decode_flops", "flop_counts", "remember_flop_counts", "text_encode_flops", "vae_tiles", "denoiser_activation_bytes",
     "vae_decode_activation_bytes", "text_encode_activation_bytes", "transfer_seconds", "compute_seconds",
 ]
 
@@ -94,6 +98,31 @@ def _meta_model(class_name: str, config_json: str):
         return getattr(diffusers, class_name).from_config(json.loads(config_json)).eval()
 
 
+_FLOP_COUNTS: dict[str, float] = {}  # key (see _counted) -> FLOPs at batch 1
+
+
+def flop_counts() -> dict[str, float]:
+    """Every FLOP count this process has made or been handed, by key (the store keeps them)."""
+    return dict(_FLOP_COUNTS)
+
+
+def remember_flop_counts(counts: Mapping[str, float]) -> None:
+    """Take counts made earlier (`flop_counts()` of another process), so they are not made again."""
+    _FLOP_COUNTS.update(counts)
+
+
+def _counted(what: tuple, count: Callable[[], float]) -> float:
+    """FLOPs of `what` from the counts, or `count()`ed and added. The key names torch's and diffusers'
+    versions too: a new version may count (or build the model) differently."""
+    import diffusers
+    import torch
+
+    key = hashlib.sha256(json.dumps([*what, torch.__version__, diffusers.__version__]).encode()).hexdigest()
+    if key not in _FLOP_COUNTS:
+        _FLOP_COUNTS[key] = count()
+    return _FLOP_COUNTS[key]
+
+
 def _count_flops(run) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -124,11 +153,13 @@ def _denoiser_inputs(class_name: str, config: dict, h: int, w: int, batch: int, 
     raise ValueError(f"denoiser_class={class_name!r} has no FLOP model; hayai counts UNet2DConditionModel and SD3Transformer2DModel")
 
 
-@lru_cache(maxsize=1024)
 def _denoiser_flops(class_name: str, config_json: str, h: int, w: int, tokens: int) -> float:
-    model = _meta_model(class_name, config_json)
-    inputs = _denoiser_inputs(class_name, json.loads(config_json), h, w, 1, tokens)
-    return _count_flops(lambda: model(**inputs, return_dict=False))
+    def count() -> float:
+        model = _meta_model(class_name, config_json)
+        inputs = _denoiser_inputs(class_name, json.loads(config_json), h, w, 1, tokens)
+        return _count_flops(lambda: model(**inputs, return_dict=False))
+
+    return _counted(("denoiser", class_name, config_json, h, w, tokens), count)
 
 
 def denoiser_flops(facts, width: int, height: int, batch: int, *, text_tokens: int | None = None) -> float:
@@ -160,13 +191,15 @@ def vae_tiles(facts, width: int, height: int, tile_size: int | None = None) -> l
     return [(min(tile, h - i), min(tile, w - j)) for i in range(0, h, stride) for j in range(0, w, stride)]
 
 
-@lru_cache(maxsize=256)
 def _decode_flops(config_json: str, h: int, w: int) -> float:
-    import torch
+    def count() -> float:
+        import torch
 
-    vae = _meta_model("AutoencoderKL", config_json)
-    z = torch.empty(1, json.loads(config_json)["latent_channels"], h, w, device="meta")
-    return _count_flops(lambda: vae.decode(z))
+        vae = _meta_model("AutoencoderKL", config_json)
+        z = torch.empty(1, json.loads(config_json)["latent_channels"], h, w, device="meta")
+        return _count_flops(lambda: vae.decode(z))
+
+    return _counted(("vae_decode", config_json, h, w), count)
 
 
 def vae_decode_flops(facts, width: int, height: int, batch: int, *, tiled: bool = False, tile_size: int | None = None) -> float:

@@ -10,6 +10,9 @@ run takes (compute from FLOPs and the device's throughput, plus the weight trans
 implies). The peak is the largest phase. A candidate fits when its peak is under the device's free
 memory less a safety margin. Lossy strategies (fp8 storage) are chosen only when every lossless plan
 that fits is one of the slow streaming ones, or when the caller allows them outright.
+
+`plan_keeping_counts(store, ...)` is `plan` for callers with a store: the FLOP counts it needs (a second or
+more each, on the meta device) come from earlier processes through the store, and new ones go back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from hayai.hardware import GIB, DeviceSpec
 from hayai.memory import costs
 from hayai.memory.strategies import VAE_TILE_PX, Strategy, candidates
 
-__all__ = ["PlanRequest", "Estimate", "Plan", "plan", "estimate", "safety_margin", "EFFICIENCY"]
+__all__ = ["PlanRequest", "Estimate", "Plan", "plan", "plan_keeping_counts", "estimate", "safety_margin", "EFFICIENCY"]
 
 # Fraction of dense peak that eager PyTorch reaches on diffusion denoisers. REFERENCE.md §7: SDXL @1024
 # on an H100 runs 14.9 it/s at ~12 TFLOP/step = 179 TFLOP/s of 989 (18%); SD1.5 @512 54.5 it/s x 1.4 =
@@ -247,6 +250,17 @@ def plan(facts, request: PlanRequest, device: DeviceSpec, *, allow_lossy: bool |
     admitted = fitting if (allow_lossy or (allow_lossy is None and slow)) else lossless
     chosen = min(admitted, key=lambda e: e.seconds)
     return Plan(chosen, estimates, device, budget, _reason(chosen, estimates, best_lossless, budget), tuple(warnings))
+
+
+def plan_keeping_counts(store, facts, request: PlanRequest, device: DeviceSpec, **options) -> Plan:
+    """`plan(facts, request, device, **options)`, with the FLOP counts kept in `store` (a `hayai.store.Store`)."""
+    kept = store.flop_counts()
+    costs.remember_flop_counts(kept)
+    result = plan(facts, request, device, **options)
+    new = {key: flops for key, flops in costs.flop_counts().items() if key not in kept}
+    if new:
+        store.save_flop_counts(new)
+    return result
 
 
 def _reason(chosen: Estimate, estimates, best_lossless: Estimate | None, budget: int) -> str:

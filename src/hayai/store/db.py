@@ -10,13 +10,14 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from .. import paths
 from ..errors import HayaiError
 from . import catalog_entries as catalog
-from . import hashes, history, strategy_memory, training
+from . import flop_counts, hashes, history, strategy_memory, training
 from .catalog_entries import CatalogEntry
 from .history import Run
 from .migrations import migrate
@@ -163,6 +164,16 @@ class Store:
     def recall_strategy(self, key: tuple[str, str, int, int, int]) -> dict | None:
         with self._lock:
             return strategy_memory.recall(self._conn, key)
+
+    def flop_counts(self) -> dict[str, float]:
+        """The planner's FLOP counts, by key (`hayai.memory.costs.flop_counts`)."""
+        with self._lock:
+            return flop_counts.load(self._conn)
+
+    def save_flop_counts(self, counts: Mapping[str, float]) -> None:
+        """Keep the counts not kept yet."""
+        with self._lock:
+            flop_counts.save(self._conn, counts)
 
     # -- LoRA training runs ----------------------------------------------------------------------
 

@@ -91,6 +91,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN process TEXT;
     """,
+    # 5: the planner's FLOP counts (hayai.memory.costs), a second or more each, so each is made once.
+    """
+    CREATE TABLE flop_counts (
+        key    TEXT PRIMARY KEY,                      -- sha256 of what was counted (config, size, versions)
+        flops  REAL NOT NULL                          -- at batch 1
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
