@@ -288,10 +288,10 @@ class Engine:
 
     # -- reproducing an image --------------------------------------------------------------------
     def request_from_image(self, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
-        return request_from_image(image_path)
+        return request_from_image(image_path, store=self.store)
 
     def reproduce(self, image_path: Path, *, progress: ProgressCallback | None = None, **overrides) -> GenerationResult:
-        request, keep, warnings = request_from_image(image_path)
+        request, keep, warnings = request_from_image(image_path, store=self.store)
         if overrides:
             request = dataclasses.replace(request, **overrides)
         result = self.generate(request, progress=progress, _keep=keep)

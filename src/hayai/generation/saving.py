@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 from pathlib import Path
 
 from hayai import __version__
@@ -12,6 +13,8 @@ from hayai.generation.imagefile import read_image_metadata, save_image, unique_p
 from hayai.generation.infotext import format_infotext, parse_infotext, request_from_infotext, request_to_params
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import GeneratedImage
+from hayai.lora.catalog import find_lora
+from hayai.lora.relink import parse_lora_hashes, relink_loras
 
 __all__ = ["finish_image", "request_from_image", "slug"]
 
@@ -52,14 +55,24 @@ def finish_image(image, request: GenerationRequest, model: dict, seed: int, posi
     return GeneratedImage(path, seed, position, infotext, image)
 
 
-def request_from_image(image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
+def request_from_image(image_path: Path, *, store=None) -> tuple[GenerationRequest, set[int] | None, list[str]]:
     """The request that made an image, and which image of that run it was.
 
     hayai images carry the whole run, so the same batch is re-run and only that image kept (a batch
     of 4 is not bit-identical to 4 batches of 1 on every device). For images from A1111 and other
-    tools only the infotext exists: the image is re-made alone from its own seed.
+    tools only the infotext exists: the image is re-made alone from its own seed. A LoRA the catalog
+    (in `store`) does not know by the image's name for it is looked up by its "Lora hashes" entry.
     """
     meta = read_image_metadata(Path(image_path))
+    request, keep, warnings = _request_from_metadata(meta, image_path)
+    hashes = parse_lora_hashes(parse_infotext(meta.infotext).params.get("Lora hashes") if meta.infotext else None)
+    if hashes:
+        request, relinked = relink_loras(request, hashes, functools.partial(find_lora, store=store))
+        warnings.extend(relinked)
+    return request, keep, warnings
+
+
+def _request_from_metadata(meta, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
     warnings: list[str] = []
     if meta.hayai is not None:
         data = dict(meta.hayai["request"])

@@ -13,6 +13,7 @@ from hayai.lora.apply import AppliedLora, LoraSet, LoraSpec
 from hayai.lora.catalog import LoraEntry, find_lora, list_loras, lora_folders, loras_dir
 from hayai.lora.formats import FORMATS, LoraError, LoraNotFoundError, lora_hashes, read_lora_file
 from hayai.lora.inspect import LoraInfo, inspect_lora
+from hayai.lora.relink import parse_lora_hashes, relink_loras
 
 __all__ = [
     "FORMATS",
@@ -31,8 +32,10 @@ __all__ = [
     "lora_hashes",
     "lora_hashes_infotext",
     "loras_dir",
+    "parse_lora_hashes",
     "prompt_with_lora_tags",
     "read_lora_file",
+    "relink_loras",
 ]
 
 
