@@ -87,9 +87,16 @@ def _generate(engine, tiny_folders, out: Path, **changes):
         "output_dir": str(out), **changes}))
 
 
-def test_a_hayai_image_reproduces_after_its_lora_file_was_renamed(sd1_lora, tiny_folders, tmp_path):
+@pytest.mark.parametrize("stored_hash", [None, "ABCDEF0123456789" * 4], ids=["data hash", "sshs_model_hash"])
+def test_a_hayai_image_reproduces_after_its_lora_file_was_renamed(stored_hash, tiny_folders, tmp_path):
+    """Found by the hash the infotext records: the one the header stores (kohya's sshs_model_hash), else the data's."""
+    pipe = load_pipeline(source_from_path(tiny_folders[Family.SD1]))
+    sd1_lora = save_lora(random_kohya_lora(pipe, Family.SD1, seed=3, strength=2.0), loras_dir() / "style.safetensors",
+                         metadata={"sshs_model_hash": stored_hash} if stored_hash else None)
     engine = Engine(device="cpu")
     made = _generate(engine, tiny_folders, tmp_path / "a", loras=("style:0.6",))
+    if stored_hash:
+        assert made.loras[0]["short_hash"] == "ABCDEF012345"
     sd1_lora.rename(sd1_lora.with_name("style-renamed.safetensors"))
     again = engine.reproduce(made.images[0].path, output_dir=str(tmp_path / "b"))
     np.testing.assert_array_equal(_pixels(again), _pixels(made))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from hayai.lora.convert import ModuleIndex, Target, map_layers, target_up
-from hayai.lora.formats import LayerWeights, LoraError, lora_hashes, read_lora_file, split_layers
+from hayai.lora.formats import LayerWeights, LoraError, a1111_lora_hash, lora_hashes, read_lora_file, split_layers
 from hayai.models.families import Family
 
 __all__ = ["AppliedLora", "LoraSet", "LoraSpec"]
@@ -193,7 +193,7 @@ class LoraSet:
             layers, stray = split_layers(lora)
             mapped, unmatched = map_layers(layers, lora.format, self.index)
             sha256, data_hash = lora_hashes(path)
-            short = (lora.metadata.get("sshs_model_hash") or data_hash)[:12]  # A1111 prefers the stored hash
+            short = a1111_lora_hash(lora.metadata, lambda: data_hash)
             cached = _LoadedLora(path, _stamp(path), lora.format, mapped, stray + unmatched, len(lora.tensors), sha256, short)
             self._files[path] = cached
         if cached.unmatched and not partial:

@@ -124,7 +124,7 @@ def list_loras(store=None) -> list[LoraEntry]:
 
 def find_lora(name: str, store=None, *, short_hash: str | None = None) -> Path:
     """The file a LoRA name means: a path, a file stem, an `ss_output_name` alias, or (with `short_hash`)
-    the file whose A1111 hash starts with it. Raises `LoraNotFoundError` with close names otherwise."""
+    the file whose A1111 hash (`a1111_lora_hash`, as the infotext records it) starts with it. Raises `LoraNotFoundError` with close names otherwise."""
     path = Path(name).expanduser()
     if path.suffix.lower() in LORA_SUFFIXES + PICKLE_SUFFIXES and path.is_file():
         return path.resolve()
@@ -138,12 +138,12 @@ def find_lora(name: str, store=None, *, short_hash: str | None = None) -> Path:
         if found:
             return _usable(found[0])
     if short_hash:
-        from hayai.lora.formats import lora_hashes
+        from hayai.lora.formats import a1111_lora_hash, lora_hashes
 
-        for entry in entries:
+        for entry in entries:  # the hash the engine writes: a stored one costs a header read, not a hash
             if entry.problem is None:
-                _, data_hash = lora_hashes(entry.path)
-                if data_hash.startswith(short_hash.lower()):
+                _, metadata = _header(entry.path)
+                if a1111_lora_hash(metadata, lambda: lora_hashes(entry.path)[1]).lower().startswith(short_hash.lower()):
                     return entry.path
     names = [e.name for e in entries]
     close = difflib.get_close_matches(name, names, n=3)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,6 +274,12 @@ def _config_for(configs: dict, component: str | None) -> dict:
     if component == DENOISER:
         return configs.get("unet") or configs.get("transformer") or {}
     return configs.get(component) or {}
+
+
+def a1111_lora_hash(metadata: dict[str, str], data_hash: Callable[[], str]) -> str:
+    """A LoRA's `Lora hashes` value as A1111 writes it (12 hex digits): the `sshs_model_hash` its header
+    stores, else its tensor-data hash (`data_hash()`, the second of `lora_hashes`, only called then)."""
+    return (metadata.get("sshs_model_hash") or data_hash())[:12]
 
 
 def lora_hashes(path: Path) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hayai.lora.formats import DENOISER, LayerWeights, lora_hashes, read_lora_file, split_layers
+from hayai.lora.formats import DENOISER, LayerWeights, a1111_lora_hash, lora_hashes, read_lora_file, split_layers
 from hayai.models.families import Family
 
 __all__ = ["LoraInfo", "detect_lora_family", "inspect_lora", "trigger_words"]
@@ -152,7 +152,7 @@ def inspect_lora(path: Path) -> LoraInfo:
         modules=[layer.module for layer in layers],
         size_bytes=lora.path.stat().st_size,
         sha256=sha256,
-        short_hash=(lora.metadata.get("sshs_model_hash") or data_hash)[:12],
+        short_hash=a1111_lora_hash(lora.metadata, lambda: data_hash),
         training=training,
         trigger_words=trigger_words(lora.metadata),
         stray_keys=stray,
