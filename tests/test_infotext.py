@@ -72,12 +72,12 @@ def test_exact_infotext_for_a_known_request():
 
 def test_exact_infotext_with_clip_skip_extras_and_no_negative_prompt():
     request = make_request(negative_prompt="", cfg_scale=7.5, clip_skip=2)
-    extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "Hires steps": 10}
+    extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "ENSD": 31337}
     assert infotext_of(request, extra) == (
         "a cat, masterpiece\n"
         "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234, Size: 512x768, "
         "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, "
-        'Lora hashes: "add_detail: 7c6bad76eb54, style: 0123456789ab", Hires steps: 10, Version: hayai 0.1.0'
+        'Lora hashes: "add_detail: 7c6bad76eb54, style: 0123456789ab", ENSD: 31337, Version: hayai 0.1.0'
     )
 
 
@@ -166,12 +166,12 @@ def test_format_parse_request_round_trip(changes):
 
 
 def test_extras_come_back_unused_and_unquoted():
-    extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "Hires upscale": 1.5}
+    extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "Token merging ratio": 0.5}
     back, unused = request_from_infotext(parse_infotext(infotext_of(make_request(), extra)))
     assert back == make_request()
     assert list(unused.items()) == [  # Lora hashes are used: the LoRAs come back through the prompt's tags
         ("Model hash", MODEL_HASH),
-        ("Hires upscale", "1.5"),
+        ("Token merging ratio", "0.5"),
         ("Version", VERSION),
     ]
 
@@ -199,11 +199,10 @@ def test_parse_a1111_1_10_infotext():
     assert request == GenerationRequest(
         prompt=info.prompt, negative_prompt=info.negative_prompt, model="dreamshaper_8", steps=28, cfg_scale=6.5,
         sampler="DPM++ 2M", schedule_type="Karras", width=512, height=768, seed=3055125428, clip_skip=2,
+        denoising_strength=0.35, hr_scale=1.5, hr_steps=12, hr_upscaler="R-ESRGAN 4x+ Anime6B",
     )
-    assert list(unused) == [
-        "Model hash", "VAE hash", "VAE", "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler",
-        "Version",
-    ]
+    assert request.kind == "hires"
+    assert list(unused) == ["Model hash", "VAE hash", "VAE", "Version"]
 
 
 def test_old_sampler_name_carries_the_schedule():
@@ -246,3 +245,51 @@ def test_malformed_value_names_key_and_value(key, value):
 def test_out_of_range_value_is_refused_by_the_request():
     with pytest.raises(RequestError, match="steps=5000"):
         request_from_infotext(parse_infotext("a\nSteps: 5000, Sampler: Euler, CFG scale: 7"))
+
+
+# -- image to image and hires keys (from the field table) -----------------------------------------
+
+
+def test_img2img_writes_denoising_strength_before_clip_skip_as_a1111():
+    text = infotext_of(make_request(init_image="in.png", denoising_strength=0.35, clip_skip=2))
+    assert "Model: v1-5-pruned-emaonly, Denoising strength: 0.35, Clip skip: 2, Version" in text
+
+
+def test_txt2img_writes_no_image_to_image_keys():
+    text = infotext_of(make_request())
+    assert "Denoising" not in text and "Mask" not in text and "Hires" not in text
+
+
+def test_inpaint_keys_are_written_only_when_not_a1111_defaults():
+    plain = infotext_of(make_request(init_image="in.png", mask="m.png"))
+    assert "Mask blur: 4" in plain
+    assert not any(key in plain for key in ("Masked content", "Inpaint area", "Masked area padding", "Mask mode"))
+    custom = infotext_of(make_request(init_image="in.png", mask="m.png", masked_content="fill", inpaint_only_masked=True,
+                                      inpaint_padding=16, mask_invert=True, mask_blur=0))
+    assert ("Mask blur: 0, Mask mode: Inpaint not masked, Masked content: fill, Inpaint area: Only masked, "
+            "Masked area padding: 16") in custom
+
+
+@pytest.mark.parametrize("changes", [
+    dict(init_image="in.png", denoising_strength=0.4, resize_mode="Crop and resize", denoise_steps="diffusers"),
+    dict(init_image="in.png", mask="m.png", masked_content="latent noise", inpaint_only_masked=True, inpaint_padding=8,
+         mask_invert=True, mask_blur=9, denoising_strength=0.9),
+    dict(hr_scale=1.5, hr_steps=7, hr_upscaler="Lanczos", denoising_strength=0.5, hr_sampler="Euler",
+         hr_prompt="a dog", hr_negative_prompt="cat"),
+    dict(hr_resize_x=1024, hr_resize_y=1536, denoising_strength=0.5),
+    dict(progressive=(512, 768, 1024), width=512, height=512, hr_upscaler="Latent (bicubic)"),
+])
+def test_image_to_image_and_hires_settings_round_trip(changes):
+    request = make_request(**changes)
+    back, unused = request_from_infotext(parse_infotext(infotext_of(request)))
+    # the input image and mask are files: an infotext names neither (the hayai record does), nor the resize mode
+    expected = dataclasses.replace(request, init_image=None, mask=None, resize_mode="Just resize")
+    assert dataclasses.replace(back, init_image=None, mask=None) == expected
+    assert list(unused) == ["Model hash", "Version"]
+
+
+def test_a1111_hires_resize_is_read():
+    text = "a\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.5, Hires resize: 1024x768"
+    request, _ = request_from_infotext(parse_infotext(text))
+    assert (request.hr_resize_x, request.hr_resize_y, request.denoising_strength) == (1024, 768, 0.5)
+    assert request.passes() == [(512, 512), (1024, 768)]

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from hayai.errors import RequestError
+from hayai.generation.fields import FIELDS, INFOTEXT_DEFAULTS
 from hayai.generation.request import GenerationRequest
 
 __all__ = ["Infotext", "format_infotext", "parse_infotext", "request_to_params", "request_from_infotext"]
@@ -30,11 +31,12 @@ _KEY_RE = re.compile(r"\w[\w \-/]+")
 _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 _NEGATIVE = "Negative prompt:"
 
-# keys `request_from_infotext` turns into request fields
-_REQUEST_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip", "Model",
-                 "Lora hashes")  # the LoRAs themselves come back through the prompt's <lora:...> tags
 # keys `request_to_params` writes itself; `extra` may not repeat them
-_STANDARD_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "Version")
+_STANDARD_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip",
+                  "Version", *(f.infotext for f in FIELDS if f.infotext))
+# booleans A1111 writes as words
+_WORDS = {"mask_invert": ("Inpaint masked", "Inpaint not masked"), "inpaint_only_masked": ("Whole picture", "Only masked")}
+_HIRES_RESIZE = "Hires resize"
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,12 @@ def request_to_params(
 ) -> dict[str, object]:
     """A1111's parameters, in A1111's order, for one image of a resolved request.
 
-    The caller passes the image's own seed with `dataclasses.replace(request, seed=...)`.
-    `extra` keys (e.g. "Lora hashes") come after the standard ones, before "Version".
-    `version` should name hayai ("hayai 0.1.0"): A1111 reads a bare version number below 1.8 as one
-    of its own old releases and turns on backward-compatibility settings when re-generating.
+    The caller passes the image's own seed with `dataclasses.replace(request, seed=...)`. The keys of
+    the field table (`hayai.generation.fields`) are written for the fields that apply to the request's
+    kind, and like A1111 only when they differ from what A1111's reader assumes for a missing key.
+    `extra` keys (e.g. "Lora hashes") come after them, before "Version". `version` should name hayai
+    ("hayai 0.1.0"): A1111 reads a bare version number below 1.8 as one of its own old releases and
+    turns on backward-compatibility settings when re-generating.
     """
     if request.sampler is None or request.width is None or request.height is None or request.seed < 0:
         raise RequestError(
@@ -129,7 +133,7 @@ def request_to_params(
     clash = [key for key in extra if key in _STANDARD_KEYS]
     if clash:
         raise ValueError(f"extra infotext keys {clash} repeat standard keys; pass them through the request instead")
-    return {
+    params: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
         "Schedule type": request.schedule_type,
@@ -138,10 +142,40 @@ def request_to_params(
         "Size": f"{request.width}x{request.height}",
         "Model hash": model_hash,
         "Model": model_name,
-        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        **extra,
-        "Version": version,
     }
+    kind = request.kind
+    for spec in sorted(FIELDS, key=lambda f: f.name != "denoising_strength"):  # A1111 writes it before Clip skip
+        if spec.infotext and spec.infotext not in params and (not spec.kinds or kind in spec.kinds):
+            params[spec.infotext] = _written(spec, request)
+    if kind == "hires" and (request.hr_resize_x or request.hr_resize_y):
+        params["Hires upscale"] = None
+        params[_HIRES_RESIZE] = "x".join(map(str, request.passes()[-1]))
+    return {**params, **extra, "Version": version}
+
+
+def _written(spec, request: GenerationRequest) -> str | None:
+    """The infotext value of one field, or None where A1111 leaves the key out."""
+    value = getattr(request, spec.name)
+    if spec.name in _WORDS:
+        text = _WORDS[spec.name][bool(value)]
+    elif spec.type == "sizes":
+        text = ",".join(map(str, value)) if value else None
+    elif spec.type == "float":
+        text = _format_number(value)
+    elif value is None:
+        return None
+    else:
+        text = str(value)
+    if spec.name == "inpaint_padding" and not request.inpaint_only_masked:
+        return None
+    if spec.name in ("hr_sampler", "hr_prompt", "hr_negative_prompt"):
+        first = {"hr_sampler": request.sampler, "hr_prompt": request.prompt, "hr_negative_prompt": request.negative_prompt}
+        return None if value == first[spec.name] else text
+    if (spec.name == "hr_steps" and value == 0) or (spec.name == "hr_scale" and request.progressive):
+        return None
+    if INFOTEXT_DEFAULTS.get(spec.infotext) == text:
+        return None
+    return text
 
 
 def _to_int(key: str, value: str) -> int:
@@ -158,31 +192,47 @@ def _to_float(key: str, value: str) -> float:
         raise RequestError(f"infotext {key}={value!r} is not a number") from None
 
 
+def _read(spec, key: str, value: str):
+    if spec.name in _WORDS:
+        words = _WORDS[spec.name]
+        if value not in words:
+            raise RequestError(f"infotext {key}={value!r} must be {words[0]!r} or {words[1]!r}")
+        return value == words[1]
+    if spec.type == "int":
+        return _to_int(key, value)
+    if spec.type == "float":
+        return _to_float(key, value)
+    if spec.type == "sizes":
+        return tuple(_to_int(key, part.strip()) for part in value.split(","))
+    return value
+
+
 def request_from_infotext(info: Infotext) -> tuple[GenerationRequest, dict[str, str]]:
     """The request an infotext describes, and the parameters it did not use (in their order).
 
-    Missing keys keep the request's defaults; old sampler names ("DPM++ 2M Karras") are accepted.
+    Missing keys keep the request's defaults (A1111's reader's defaults, which are the same); old
+    sampler names ("DPM++ 2M Karras") are accepted. An image-to-image infotext gives the settings but
+    not the input image, which A1111 does not record.
     """
     params = info.params
     fields: dict[str, object] = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
-    if "Steps" in params:
-        fields["steps"] = _to_int("Steps", params["Steps"])
-    if "Sampler" in params:
-        fields["sampler"] = params["Sampler"]
-    if "Schedule type" in params:
-        fields["schedule_type"] = params["Schedule type"]
-    if "CFG scale" in params:
-        fields["cfg_scale"] = _to_float("CFG scale", params["CFG scale"])
-    if "Seed" in params:
-        fields["seed"] = _to_int("Seed", params["Seed"])
+    used = {"Size", _HIRES_RESIZE, "Lora hashes"}  # the LoRAs themselves come back through the prompt's <lora:...> tags
+    for spec in FIELDS:
+        if spec.infotext and spec.infotext in params:
+            fields[spec.name] = _read(spec, spec.infotext, params[spec.infotext])
+            used.add(spec.infotext)
     if "Size" in params:
-        match = _SIZE_RE.fullmatch(params["Size"])
-        if match is None:
-            raise RequestError(f"infotext Size={params['Size']!r} is not of the form WIDTHxHEIGHT")
-        fields["width"], fields["height"] = int(match[1]), int(match[2])
-    if "Clip skip" in params:
-        fields["clip_skip"] = _to_int("Clip skip", params["Clip skip"])
-    if "Model" in params:
-        fields["model"] = params["Model"]
-    unused = {key: value for key, value in params.items() if key not in _REQUEST_KEYS}
+        fields["width"], fields["height"] = _size(params["Size"], "Size")
+    if _HIRES_RESIZE in params:
+        fields["hr_resize_x"], fields["hr_resize_y"] = _size(params[_HIRES_RESIZE], _HIRES_RESIZE)
+    if "Hires upscaler" in params and not ({"Hires upscale", _HIRES_RESIZE, "Progressive"} & set(params)):
+        fields.pop("hr_upscaler")  # A1111 writes the upscaler of a txt2img run with hires fix off, too
+    unused = {key: value for key, value in params.items() if key not in used}
     return GenerationRequest(**fields), unused
+
+
+def _size(value: str, key: str) -> tuple[int, int]:
+    match = _SIZE_RE.fullmatch(value)
+    if match is None:
+        raise RequestError(f"infotext {key}={value!r} is not of the form WIDTHxHEIGHT")
+    return int(match[1]), int(match[2])

@@ -23,6 +23,7 @@ from hayai.generation.samplers import (
     resolve_schedule_type,
     split_legacy_sampler_name,
 )
+from hayai.generation.fields import FIELDS, MASKED_CONTENT, RESIZE_MODES, RequestField
 from hayai.models.families import FAMILY_INFO, Family
 
 __all__ = ["GenerationRequest", "IMAGE_FORMATS", "MAX_SEED"]
@@ -43,7 +44,7 @@ class GenerationRequest:
     cfg_scale: float = 7.0
     sampler: str | None = None  # A1111 name; None: the family's default ("DPM++ 2M", or "Euler" for flow models)
     schedule_type: str = "Automatic"  # A1111 schedule type; "Automatic" = the sampler's own
-    width: int | None = None  # None: the model's native size
+    width: int | None = None  # None: the model's native size (img2img: the input image's)
     height: int | None = None
     seed: int = -1  # -1 draws a random seed; image i of the run gets seed + i (as A1111)
     batch_size: int = 1  # images per denoising pass
@@ -54,33 +55,35 @@ class GenerationRequest:
     image_format: str = "png"
     loras: tuple[str, ...] = ()  # "NAME", "NAME:W" or "NAME:TE_W:UNET_W"; <lora:...> tags in the prompt work too
     lora_partial: bool = False  # apply a LoRA whose keys do not all match the model (warn instead of failing)
+    # image to image: an init image makes it img2img, a mask as well makes it inpainting
+    init_image: str | None = None  # a path; the engine keeps a copy by hash in $HAYAI_HOME/inputs
+    denoising_strength: float = 0.75  # img2img, inpainting and hires passes
+    denoise_steps: str = "a1111"  # how many steps an image-to-image pass runs (fields.DENOISE_STEPS)
+    resize_mode: str = "Just resize"  # fields.RESIZE_MODES (A1111's index is accepted too)
+    mask: str | None = None  # a path; white = redraw
+    mask_blur: int = 4
+    mask_invert: bool = False
+    masked_content: str = "original"  # fields.MASKED_CONTENT (A1111's index is accepted too)
+    inpaint_only_masked: bool = False  # A1111's "Inpaint area: Only masked"
+    inpaint_padding: int = 32
+    # hires fix: a second pass at hr_scale x the size (or hr_resize_x/y); progressive: a chain of such passes
+    hr_scale: float = 1.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_steps: int = 0  # 0: `steps`
+    hr_sampler: str | None = None  # None: `sampler`
+    hr_prompt: str | None = None  # None: `prompt`
+    hr_negative_prompt: str | None = None
+    progressive: tuple[int, ...] = ()  # the long side of every pass, e.g. (512, 768, 1024)
 
     def __post_init__(self) -> None:
-        _check_type(self, "prompt", str)
-        _check_type(self, "negative_prompt", str)
-        for name in ("steps", "seed", "batch_size", "batch_count", "clip_skip"):
-            _check_type(self, name, int)
-        _check_type(self, "cfg_scale", (int, float))
-        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+        for spec in FIELDS:
+            _check_field(self, spec)
+        if self.model is not None and not self.model.strip():
             raise RequestError(f"model={self.model!r} must be a non-empty name, path or hub id")
-        if not 1 <= self.steps <= 1000:
-            raise RequestError(f"steps={self.steps} must be between 1 and 1000")
-        if not 0.0 <= self.cfg_scale <= 100.0:
-            raise RequestError(f"cfg_scale={self.cfg_scale} must be between 0 and 100")
         if not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
             raise RequestError(f"seed={self.seed} must be -1 (random) or between 0 and {MAX_SEED}")
-        if not 1 <= self.batch_size <= 64:
-            raise RequestError(f"batch_size={self.batch_size} must be between 1 and 64")
-        if not 1 <= self.batch_count <= 10000:
-            raise RequestError(f"batch_count={self.batch_count} must be between 1 and 10000")
-        if not 1 <= self.clip_skip <= 12:
-            raise RequestError(f"clip_skip={self.clip_skip} must be between 1 (no skip) and 12")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_type(self, name, int)
-                if not 64 <= value <= MAX_SIDE:
-                    raise RequestError(f"{name}={value} must be between 64 and {MAX_SIDE}")
         if self.sampler is not None:
             base, legacy_schedule = split_legacy_sampler_name(self.sampler)
             if base not in SAMPLERS:
@@ -94,16 +97,28 @@ class GenerationRequest:
                     )
                 object.__setattr__(self, "sampler", base)
                 object.__setattr__(self, "schedule_type", legacy_schedule)
+        if self.hr_sampler is not None and split_legacy_sampler_name(self.hr_sampler)[0] not in SAMPLERS:
+            raise RequestError(f"hr_sampler={self.hr_sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
         if self.schedule_type not in SCHEDULE_TYPES:
             raise RequestError(
                 f"schedule_type={self.schedule_type!r} is unknown; choose one of: {', '.join(SCHEDULE_TYPES)}"
             )
-        if self.image_format not in IMAGE_FORMATS:
-            raise RequestError(f"image_format={self.image_format!r} must be one of: {', '.join(IMAGE_FORMATS)}")
         _check_pattern(self.filename_pattern)
         _check_loras(self)
+        _check_image_to_image(self)
 
     # -- derived ---------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """The pipeline kind that makes this request: "inpaint", "img2img", "hires" or "txt2img"."""
+        if self.mask is not None:
+            return "inpaint"
+        if self.init_image is not None:
+            return "img2img"
+        if self.hr_scale > 1 or self.hr_resize_x or self.hr_resize_y or self.progressive:
+            return "hires"
+        return "txt2img"
+
     @property
     def total_images(self) -> int:
         return self.batch_size * self.batch_count
@@ -114,17 +129,49 @@ class GenerationRequest:
             raise RequestError("seed=-1 has not been resolved yet; call resolve() first")
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.total_images)]
 
+    def passes(self, size_multiple: int = 8) -> list[tuple[int, int]]:
+        """(width, height) of every pass of a resolved request: one, or the hires / progressive chain.
+
+        Sizes are rounded down to the family's `size_multiple` (A1111 truncates the latent the same way).
+        """
+        width, height = self.width, self.height
+        if width is None or height is None:
+            raise RequestError("the request's size has not been resolved yet; call resolve() first")
+
+        def fit(w: float, h: float) -> tuple[int, int]:
+            return max(size_multiple, int(w) // size_multiple * size_multiple), max(size_multiple, int(h) // size_multiple * size_multiple)
+
+        if self.progressive:
+            first = self.progressive[0]
+            return [(width, height)] + [fit(width * side / first, height * side / first) for side in self.progressive[1:]]
+        if self.hr_resize_x or self.hr_resize_y:
+            # one side given: keep the aspect ratio (A1111); both: that size
+            w = self.hr_resize_x or self.hr_resize_y * width / height
+            h = self.hr_resize_y or self.hr_resize_x * height / width
+            return [(width, height), fit(w, h)]
+        if self.hr_scale > 1:
+            return [(width, height), fit(width * self.hr_scale, height * self.hr_scale)]
+        return [(width, height)]
+
     def resolve(self, family: Family, native_size: tuple[int, int], rng: random.Random | None = None) -> GenerationRequest:
         """Check the request against the model's family and fill what depends on it.
 
-        `native_size` is the model's own (width, height), used when none was asked for.
+        `native_size` is the size used when none was asked for: the model's own (width, height), or
+        for image-to-image the input image's (see `hayai.generation.kinds`).
         """
         info = FAMILY_INFO[family]
         sampler = self.sampler or default_sampler(info.flow_matching)
         check_sampler(sampler, info.flow_matching)
         schedule = resolve_schedule_type(sampler, self.schedule_type, info.flow_matching)
+        if self.hr_sampler is not None:
+            check_sampler(split_legacy_sampler_name(self.hr_sampler)[0], info.flow_matching)
+        if self.progressive and self.width is None and self.height is None:
+            native_size = (self.progressive[0], self.progressive[0])
         width = self.width or native_size[0]
         height = self.height or native_size[1]
+        if self.progressive and max(width, height) != self.progressive[0]:
+            raise RequestError(f"progressive={','.join(map(str, self.progressive))} starts at {self.progressive[0]}, "
+                               f"but the first pass is {width}x{height}; start the list at {max(width, height)}")
         for name, value in (("width", width), ("height", height)):
             if value % info.size_multiple:
                 lower = value - value % info.size_multiple
@@ -175,11 +222,58 @@ def _check_loras(request: GenerationRequest) -> None:
     parse_prompt(request.negative_prompt)
 
 
-def _check_type(request: GenerationRequest, name: str, kind: type | tuple[type, ...]) -> None:
-    value = getattr(request, name)
-    if isinstance(value, bool) or not isinstance(value, kind):
+_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_INDEXED = {"resize_mode": RESIZE_MODES, "masked_content": MASKED_CONTENT}  # the A1111 API sends their index
+
+
+def _check_field(request: GenerationRequest, spec: RequestField) -> None:
+    """Type, range and choices of one field, from its row in the field table."""
+    name, value = spec.name, getattr(request, spec.name)
+    if value is None and (spec.default is None or name in ("width", "height")):
+        return
+    if name in _INDEXED and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(_INDEXED[name]):
+        value = _INDEXED[name][value]
+        object.__setattr__(request, name, value)
+    if spec.type == "sizes":
+        if isinstance(value, list):
+            value = tuple(value)
+            object.__setattr__(request, name, value)
+        if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise RequestError(f"{name}={value!r} must be a list of whole numbers, e.g. 512,768,1024")
+        _check_progressive(value)
+        return
+    if spec.type == "strs":
+        return  # LoRA specs: `_check_loras`
+    kind = _TYPES[spec.type]
+    if (isinstance(value, bool) and spec.type != "bool") or not isinstance(value, kind):
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise RequestError(f"{name}={value!r} must be of type {expected}")
+    if spec.minimum is not None and not spec.minimum <= value <= spec.maximum:
+        raise RequestError(f"{name}={value} must be between {spec.minimum:g} and {spec.maximum:g}")
+    if spec.choices and value not in spec.choices:
+        raise RequestError(f"{name}={value!r} must be one of: {', '.join(spec.choices)}")
+
+
+def _check_progressive(sizes: tuple[int, ...]) -> None:
+    if not sizes:
+        return
+    shown = ",".join(map(str, sizes))
+    if len(sizes) < 2 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise RequestError(f"progressive={shown} must list two or more growing sizes, e.g. 512,768,1024")
+    if not all(64 <= size <= MAX_SIDE for size in sizes):
+        raise RequestError(f"progressive={shown}: every size must be between 64 and {MAX_SIDE}")
+
+
+def _check_image_to_image(request: GenerationRequest) -> None:
+    if request.mask is not None and request.init_image is None:
+        raise RequestError("mask is set but init_image is not: inpainting needs the image the mask belongs to")
+    hires = request.hr_scale > 1 or request.hr_resize_x or request.hr_resize_y
+    if request.init_image is not None and (hires or request.progressive):
+        raise RequestError("hires fix and progressive upscaling apply to text-to-image; for an input image, "
+                           "run img2img at the larger size instead")
+    if hires and request.progressive:
+        raise RequestError("progressive upscaling is a chain of hires passes: use either progressive or hr_scale/"
+                           "hr_resize, not both")
 
 
 _PATTERN_FIELDS = {
