@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,28 +11,12 @@ from typing import Optional
 import typer
 
 from hayai.cli.output import console, err_console, format_bytes, progress_printer, silence_library_progress
+from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, request_options
 
 
+@request_options(*COMMON, "denoising_strength", *HIRES)
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="What to draw (A1111-style prompt)."),
-    negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, path, or hub id (local cache only)."),
-    model_config: Optional[str] = typer.Option(None, "--model-config", help="Single-file checkpoints: a diffusers folder with the component configs."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps [20]."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M" \\[family default].'),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type: Automatic, Uniform, Karras, Exponential, Beta, SGM Uniform, Simple."),
-    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width in pixels \\[the model's native size]."),
-    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height in pixels \\[the model's native size]."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Seed; -1 for random [-1]. Image i of a run gets seed+i."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per pass [1]."),
-    batch_count: Optional[int] = typer.Option(None, "--batch-count", "-c", help="Passes [1]."),
-    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111 clip skip (1 = none) [1]."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [$HAYAI_HOME/outputs]."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="File name pattern [{index:05d}-{seed}]."),
-    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[png]."),
-    lora: Optional[list[str]] = typer.Option(None, "--lora", "-l", help="NAME:W or NAME:TE_W:UNET_W; repeat for several. <lora:NAME:W> in the prompt works too."),
-    lora_partial: bool = typer.Option(False, "--lora-partial", help="Apply a LoRA even if some of its keys match no layer (a warning, not an error)."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Regenerate the image this file's metadata describes."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="speed, balanced or quality: fills size, batch and steps you did not set, from this machine's tier."),
@@ -40,39 +25,80 @@ def generate(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    given: dict = None,
 ) -> None:
-    """Generate images from a prompt (or regenerate one with --from IMAGE)."""
+    """Generate images from a prompt (or regenerate one with --from IMAGE); --hires or --progressive for larger ones."""
     from hayai.errors import RequestError
+
+    if prompt is not None:
+        given["prompt"] = prompt
+    if from_image is None and "prompt" not in given:
+        raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
+    _run(given, from_image=from_image, allow_pickle=allow_pickle, preset=preset, vram=vram, strategy=strategy,
+         device=device, as_json=as_json, quiet=quiet)
+
+
+@request_options(*COMMON, *IMG2IMG)
+def img2img(
+    image: Path = typer.Argument(..., help="The image to start from."),
+    prompt: str = typer.Argument(..., help="What to make of it (A1111-style prompt)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB (a real cap on CUDA)."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (see `hayai plan`) instead of the planner's choice."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    given: dict = None,
+) -> None:
+    """Redraw an image from a prompt (img2img): --strength 0 keeps it, 1 replaces it."""
+    _run({**given, "prompt": prompt, "init_image": str(image)}, allow_pickle=allow_pickle, vram=vram,
+         strategy=strategy, device=device, as_json=as_json, quiet=quiet)
+
+
+@request_options(*COMMON, *IMG2IMG, *INPAINT)
+def inpaint(
+    image: Path = typer.Argument(..., help="The image to change."),
+    prompt: str = typer.Argument(..., help="What to draw where the mask is white (A1111-style prompt)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB (a real cap on CUDA)."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (see `hayai plan`) instead of the planner's choice."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    given: dict = None,
+) -> None:
+    """Redraw what a mask covers (--mask MASK, white = redraw; --mask alpha: the image's transparent pixels)."""
+    from hayai.errors import RequestError
+
+    if "mask" not in given:
+        raise RequestError("inpainting needs --mask MASK (white = redraw), or --mask alpha for the image's transparent pixels")
+    _run({**given, "prompt": prompt, "init_image": str(image)}, allow_pickle=allow_pickle, vram=vram,
+         strategy=strategy, device=device, as_json=as_json, quiet=quiet)
+
+
+def _run(given: dict, *, from_image: Path | None = None, allow_pickle: bool = False, preset: str | None = None,
+         vram: str | None = None, strategy: str | None = None, device: str | None = None, as_json: bool = False,
+         quiet: bool = False) -> None:
+    """Make the request (bad input fails here, before any model is touched), run it, print the result."""
+    from hayai.cli.plan import parse_size
     from hayai.generation.engine import Engine
+    from hayai.generation.options import RunOptions
     from hayai.generation.request import GenerationRequest
 
-    given = {
-        "prompt": prompt, "negative_prompt": negative, "model": model, "model_config": model_config,
-        "steps": steps, "cfg_scale": cfg, "sampler": sampler, "schedule_type": schedule, "width": width,
-        "height": height, "seed": seed, "batch_size": batch_size, "batch_count": batch_count,
-        "clip_skip": clip_skip, "output_dir": str(output) if output else None, "filename_pattern": pattern,
-        "image_format": image_format, "loras": tuple(lora) if lora else None,
-        "lora_partial": True if lora_partial else None,
-    }
-    given = {key: value for key, value in given.items() if value is not None}
-    request = None
-    if from_image is None:
-        if "prompt" not in given:
-            raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
-        request = GenerationRequest(**given)  # bad input fails here, before any model is touched
-    from hayai.cli.plan import parse_size
-
+    request = None if from_image is not None else GenerationRequest(**given)
     cap = parse_size(vram) if vram else None
     silence_library_progress()
-    engine = Engine(allow_pickle=allow_pickle, vram=cap, strategy=strategy, device=device)
+    engine = Engine(allow_pickle=allow_pickle, vram=cap, device=device)
+    options = RunOptions(strategy=strategy)
     if preset is not None and request is not None:
-        request = _with_preset(engine, request, given, preset)
+        request, options = _with_preset(engine, request, given, preset, options)
     try:
         with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+            options = dataclasses.replace(options, progress=on_progress)
             if request is None:
-                result = engine.reproduce(from_image, progress=on_progress, **given)
+                result = engine.reproduce(from_image, options, **given)
             else:
-                result = engine.generate(request, progress=on_progress)
+                result = engine.generate(request, options)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished images were kept, nothing half-written was left")
         raise typer.Exit(130)
@@ -93,22 +119,21 @@ def generate(
     )
     console.print(f"[dim]strategy {result.plan_reason}[/]")
     for event in result.events:
-        console.print(f"[yellow]out of memory[/] during {event['phase']} with {event['strategy']}: "
-                      f"stepped down to {event['next']}")
+        if event.get("event") == "out_of_memory":
+            console.print(f"[yellow]out of memory[/] during {event['phase']} with {event['strategy']}: "
+                          f"stepped down to {event['next']}")
 
 
-def _with_preset(engine, request, given: dict, preset: str):
+def _with_preset(engine, request, given: dict, preset: str, options):
     """Fill the size, batch and steps the user left unset from the preset's tier for this device."""
-    import dataclasses
-
     from hayai.memory.presets import suggest
 
     source = engine.catalog.resolve(request.model, allow_pickle=engine.allow_pickle, config=request.model_config)
     suggestion = suggest(engine.device_spec, source.family, preset)
-    engine.allow_lossy = suggestion.allow_lossy
     fill = {"width": suggestion.width, "height": suggestion.height, "batch_size": suggestion.batch_size,
             "steps": suggestion.steps}
-    return dataclasses.replace(request, **{k: v for k, v in fill.items() if k not in given})
+    request = dataclasses.replace(request, **{k: v for k, v in fill.items() if k not in given})
+    return request, dataclasses.replace(options, allow_lossy=suggestion.allow_lossy)
 
 
 def info(

@@ -21,6 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("generate")(generate.generate)
+app.command("img2img")(generate.img2img)
+app.command("inpaint")(generate.inpaint)
 app.command("info")(generate.info)
 app.command("history")(history.history)
 app.command("doctor")(plan.doctor)

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from hayai.cli.output import console, err_console, format_bytes, progress_printer, silence_library_progress
+from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, request_options
 
 DEFAULT_PROMPT = "a small red circle at the top left on a white background"  # a shapes caption: adherence is scored
 
@@ -23,32 +24,16 @@ def _engine(vram: str | None, strategy: str | None, device: str | None, allow_pi
     return Engine(allow_pickle=allow_pickle, vram=parse_size(vram) if vram else None, strategy=strategy, device=device)
 
 
-def _request(**given):
-    from hayai.generation.request import GenerationRequest
-
-    return GenerationRequest(**{key: value for key, value in given.items() if value is not None})
-
-
+@request_options(*(n for n in COMMON if n not in ("output_dir", "filename_pattern")), *IMG2IMG, *INPAINT, *HIRES,
+                 helps={"steps": "Steps where no axis sets them \\[20].",
+                        "seed": "Seed of every cell unless Seed is an axis; -1 draws one [-1].",
+                        "batch_count": "Passes per cell [1].",
+                        "loras": "NAME or NAME:W; a LoRA weight axis sets W of every --lora."})
 def sweep(
     prompt: Optional[str] = typer.Argument(None, help=f"What to draw [{DEFAULT_PROMPT!r}]."),
     x: Optional[str] = typer.Option(None, "--x", help='X axis (columns): NAME=VALUES, e.g. steps=5,10,20 or "steps=5-70 (+5)".'),
     y: Optional[str] = typer.Option(None, "--y", help='Y axis (rows), e.g. cfg=2,7 or "CFG Scale=1-10 [5]".'),
     z: Optional[str] = typer.Option(None, "--z", help='Z axis (one grid per value), e.g. sampler="Euler a,DPM++ 2M".'),
-    negative: Optional[str] = typer.Option(None, "--negative", "-n", help="Negative prompt."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, path, hub id, or arch:sd15 / arch:sdxl / arch:sd35m."),
-    model_config: Optional[str] = typer.Option(None, "--model-config", help="Single-file checkpoints: a diffusers folder with the component configs."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Steps where no axis sets them [20]."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[family default]."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type \\[Automatic]."),
-    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the model's native size]."),
-    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the model's native size]."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Seed of every cell unless Seed is an axis; -1 draws one [-1]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per pass [1]."),
-    batch_count: Optional[int] = typer.Option(None, "--batch-count", "-c", help="Passes per cell [1]."),
-    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111 clip skip [1]."),
-    lora: Optional[list[str]] = typer.Option(None, "--lora", "-l", help="NAME or NAME:W; a LoRA weight axis sets W of every --lora."),
-    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[png]."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The sweep's folder \\[$HAYAI_HOME/sweeps/<prompt>-<id>]; the same command resumes there."),
     restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming what the folder holds."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
@@ -57,6 +42,7 @@ def sweep(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
     as_json: bool = typer.Option(False, "--json", help="Print the sweep's files and rows as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    given: dict = None,
 ) -> None:
     """An X/Y/Z plot: every combination of up to three axes, with a labelled grid, CSV/JSON timings and a chart.
 
@@ -71,12 +57,9 @@ def sweep(
         raise RequestError("a sweep needs an X axis: --x NAME=VALUES, e.g. --x steps=5,10,20 (then --y and --z)")
     if z is not None and y is None:
         raise RequestError("--z needs a --y axis first; use --y for the second axis")
-    base = _request(
-        prompt=prompt or DEFAULT_PROMPT, negative_prompt=negative, model=model, model_config=model_config, steps=steps,
-        cfg_scale=cfg, sampler=sampler, schedule_type=schedule, width=width, height=height, seed=seed,
-        batch_size=batch_size, batch_count=batch_count, clip_skip=clip_skip, loras=tuple(lora) if lora else None,
-        image_format=image_format,
-    )
+    from hayai.generation.request import GenerationRequest
+
+    base = GenerationRequest(**{**given, "prompt": prompt or DEFAULT_PROMPT})
     axes = [parse_axis(text) if text else None for text in (x, y, z)]
     engine = _engine(vram, strategy, device, allow_pickle)
     plan = make_plan(base, *axes, strategy=strategy, device=engine.device_spec.torch_device)
@@ -141,35 +124,26 @@ def _sweep_progress(enabled: bool = True):
         yield on_event
 
 
+@request_options("negative_prompt", "model", "steps", "cfg_scale", "sampler", "schedule_type", "width", "height", "seed",
+                 "batch_size", "loras", "output_dir", "image_format",
+                 helps={"steps": "Steps [20]; keep them low, refine the keeper.", "seed": "First seed; -1 draws one [-1].",
+                        "batch_size": "Images per pass [1]; the count must be a multiple."})
 def explore(
     prompt: str = typer.Argument(..., help="What to draw."),
-    count: int = typer.Option(16, "--count", "-n", help="How many seeds (seed, seed+1, ...)."),
-    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, path, hub id, or arch:..."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Steps [20]; keep them low, refine the keeper."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[family default]."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type \\[Automatic]."),
-    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the model's native size]."),
-    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the model's native size]."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="First seed; -1 draws one [-1]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per pass [1]; the count must be a multiple."),
-    lora: Optional[list[str]] = typer.Option(None, "--lora", "-l", help="NAME:W; repeat for several."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder \\[$HAYAI_HOME/outputs]."),
-    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[png]."),
+    count: int = typer.Option(16, "--count", help="How many seeds (seed, seed+1, ...)."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    given: dict = None,
 ) -> None:
     """Many seeds of one prompt at low cost, and a contact sheet labelled with the seeds (then `hayai refine`)."""
     from hayai.sweep import explore as run_explore
 
-    request = _request(prompt=prompt, negative_prompt=negative, model=model, steps=steps, cfg_scale=cfg, sampler=sampler,
-                       schedule_type=schedule, width=width, height=height, seed=seed, batch_size=batch_size,
-                       loras=tuple(lora) if lora else None, output_dir=str(output) if output else None,
-                       image_format=image_format)
+    from hayai.generation.request import GenerationRequest
+
+    request = GenerationRequest(**{**given, "prompt": prompt})
     engine = _engine(vram, strategy, device)
     try:
         with progress_printer(enabled=not (quiet or as_json)) as on_progress:
@@ -191,28 +165,27 @@ def explore(
     console.print(f"[dim]refine the one you like: hayai refine {first} --steps 50[/]", soft_wrap=True)
 
 
+@request_options("cfg_scale", "sampler", "schedule_type", "width", "height", "output_dir", "image_format",
+                 "denoising_strength", *HIRES,
+                 helps={"cfg_scale": "CFG scale \\[the image's].", "sampler": "A1111 sampler name \\[the image's].",
+                        "schedule_type": "Schedule type \\[the image's].",
+                        "width": "Width \\[the image's; another size changes the composition].",
+                        "height": "Height \\[the image's].", "output_dir": "Output folder \\[the image's run folder].",
+                        "image_format": "png, jpg or webp \\[the image's]."})
 def refine(
     image: Path = typer.Argument(..., help="An image made by hayai (e.g. by `hayai explore`) or by A1111."),
     steps: int = typer.Option(50, "--steps", help="Steps for the refined image."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale \\[the image's]."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name \\[the image's]."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type \\[the image's]."),
-    width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the image's; another size changes the composition]."),
-    height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the image's]."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder \\[the image's run folder]."),
-    image_format: Optional[str] = typer.Option(None, "--format", help="png, jpg or webp \\[the image's]."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    given: dict = None,
 ) -> None:
-    """Re-run one image's seed and prompt alone at higher quality (more steps by default)."""
+    """Re-run one image's seed and prompt alone at higher quality (more steps by default; --hires 2 for a larger one)."""
     from hayai.sweep import refine_request
 
-    overrides = {"steps": steps, "cfg_scale": cfg, "sampler": sampler, "schedule_type": schedule, "width": width,
-                 "height": height, "output_dir": str(output) if output else None, "image_format": image_format}
-    request, warnings = refine_request(image, **{k: v for k, v in overrides.items() if v is not None})
+    request, warnings = refine_request(image, steps=steps, **given)
     engine = _engine(vram, strategy, device)
     try:
         with progress_printer(enabled=not (quiet or as_json)) as on_progress:

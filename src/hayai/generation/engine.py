@@ -20,11 +20,12 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import HayaiError, RequestError
-from hayai.generation.execute import OutOfMemoryInPhase, run_batch
+from hayai.generation.execute import OutOfMemoryInPhase
 from hayai.generation.imagefile import next_index
+from hayai.generation.kinds import BatchRun, kind_of
+from hayai.generation.options import Cancelled, RunOptions
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import GeneratedImage, GenerationResult, ProgressCallback, ProgressEvent
-from hayai.generation.samplers import build_scheduler
 from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
 from hayai.hardware import DeviceSpec, capped, probe
@@ -37,6 +38,7 @@ from hayai.models.catalog import Catalog, is_placeholder, source_hash
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
+from hayai.store.recording import recorded_run
 
 __all__ = ["Engine", "GenerationResult", "GeneratedImage", "LoadedModel", "ProgressEvent", "pipeline_kwargs"]
 
@@ -56,6 +58,7 @@ class LoadedModel:
     strategy: Strategy | None = None  # how the pipeline is placed now (None: as loaded, on the CPU)
     lora_specs: tuple[LoraSpec, ...] = ()  # what `loras` holds now
     applied_loras: list[AppliedLora] = field(default_factory=list)
+    derived: dict = field(default_factory=dict)  # the other kinds' pipelines over these modules (kinds.base)
 
     @property
     def family(self) -> Family:
@@ -79,9 +82,10 @@ class Engine:
     """Generates images. Keeps the last model resident, so a series of requests loads it once.
 
     `device`: a `DeviceSpec`, "cpu"/"cuda"/"mps", or None for the best device found. `vram` caps the
-    device's memory (bytes; on CUDA the allocator itself is capped, so the cap is real). `strategy` forces
-    an execution strategy by name instead of the planner's choice; `allow_lossy` lets the planner pick
-    fp8 storage (None: only when nothing lossless is fast).
+    device's memory (bytes; on CUDA the allocator itself is capped, so the cap is real). `strategy` and
+    `allow_lossy` are the defaults of every call's `RunOptions` (a strategy forced by name instead of the
+    planner's choice; fp8 storage allowed: None = only when nothing lossless is fast); a call's options
+    override them without changing the engine, so one engine serves callers that want different ones.
     """
 
     def __init__(self, *, store=None, device: DeviceSpec | str | None = None, vram: int | None = None,
@@ -135,12 +139,16 @@ class Engine:
         return load_pipeline(source, torch_dtype=getattr(torch, strategy.dtype), device=device)
 
     # -- 4: plan and place -----------------------------------------------------------------------
-    def plan_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[Plan, Strategy, str]:
+    def plan_for(self, loaded: LoadedModel, request: GenerationRequest,
+                 options: RunOptions | None = None) -> tuple[Plan, Strategy, str]:
         """The plan for a resolved request, and the strategy to start with (and why)."""
-        shape = PlanRequest(request.width, request.height, request.batch_size, request.cfg_scale > 1, request.steps)
-        the_plan = plan_keeping_counts(self.store, loaded.facts, shape, self.device_spec, allow_lossy=self.allow_lossy)
-        if self.forced_strategy:
-            return the_plan, self._forced(), f"forced: {self.forced_strategy}"
+        options = options or self._default_options()
+        kind = kind_of(request)
+        width, height = kind.plan_size(request)
+        shape = PlanRequest(width, height, request.batch_size, request.cfg_scale > 1, kind.steps_run(request))
+        the_plan = plan_keeping_counts(self.store, loaded.facts, shape, self.device_spec, allow_lossy=options.allow_lossy)
+        if options.strategy:
+            return the_plan, self.strategy_named(options.strategy), f"forced: {options.strategy}"
         remembered = self.store.recall_strategy(self._memory_key(loaded, request))
         if remembered is not None:
             strategy = Strategy.from_dict(remembered)
@@ -148,8 +156,8 @@ class Engine:
                 return the_plan, strategy, f"{strategy.name}: what last ran to the end here for this model, size and batch"
         return the_plan, the_plan.strategy, the_plan.reason
 
-    def _forced(self) -> Strategy:
-        return self.strategy_named(self.forced_strategy)
+    def _default_options(self) -> RunOptions:
+        return RunOptions(strategy=self.forced_strategy, allow_lossy=self.allow_lossy)
 
     def strategy_named(self, name: str) -> Strategy:
         """The strategy called `name` (or the first with that placement) on this device."""
@@ -191,59 +199,76 @@ class Engine:
         return (loaded.sha256, f"{spec.kind}|{spec.name}|{spec.total_bytes}", request.width, request.height, request.batch_size)
 
     # -- the run ---------------------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, *, progress: ProgressCallback | None = None, save: bool = True,
-                 _keep: set[int] | None = None) -> GenerationResult:
-        emit = progress or (lambda event: None)
+    def generate(self, request: GenerationRequest, options: RunOptions | None = None, *,
+                 progress: ProgressCallback | None = None, save: bool | None = None) -> GenerationResult:
+        """Make the images `request` asks for, as `options` says (`progress` and `save` are shorthands)."""
+        options = options or self._default_options()
+        if progress is not None or save is not None:
+            options = dataclasses.replace(options, progress=progress or options.progress,
+                                          save=options.save if save is None else save)
+        emit = options.progress or (lambda event: None)
+        kind = kind_of(request)
         timer = PhaseTimer(sync=self._sync)
         memory = PeakMemory(self._torch_device())
         memory.reset()
+        source = self.catalog.resolve(request.model, allow_pickle=self.allow_pickle, config=request.model_config)
+        request, input_size = kind.prepare(request, source.family)
+        # everything the model's family decides is checked before a load (64 px stands in for a native size)
+        kind.check(request.resolve(source.family, input_size or (64, 64)), source.family)
         with timer.phase("load"):
             loaded = self.load(request.model, model_config=request.model_config, progress=emit)
-        resolved = request.resolve(loaded.family, loaded.native_size)
+        resolved = request.resolve(loaded.family, input_size or loaded.native_size)
+        kind.check(resolved, loaded.family)
         requested_loras = [LoraSpec.parse(text) for text in resolved.loras]
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
-        the_plan, strategy, reason = self.plan_for(loaded, resolved)
+        the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
         with timer.phase("load"):
             self._prepare(loaded, strategy, specs, resolved.lora_partial)
         seeds = resolved.seeds()
-        run_id = self.store.start_run("generate", request=resolved.to_dict(), model=loaded.source.name,
-                                      model_hash=loaded.sha256, device=self.device_spec.torch_device)
         images: list[GeneratedImage] = []
-        events: list[dict] = []
-        status, error = "error", None
-        try:
-            out_dir = Path(resolved.output_dir).expanduser() if resolved.output_dir else paths.outputs_dir()
-            index = next_index(out_dir) if save else 0
-            total_steps = resolved.steps * resolved.batch_count
-            for batch in range(resolved.batch_count):
-                batch_seeds = seeds[batch * resolved.batch_size : (batch + 1) * resolved.batch_size]
-                pil_images = self._run_with_recovery(loaded, the_plan, resolved, batch_seeds, timer, emit, batch,
-                                                     total_steps, events)
-                for offset, (seed, image) in enumerate(zip(batch_seeds, pil_images)):
-                    position = batch * resolved.batch_size + offset
-                    if _keep is not None and position not in _keep:
-                        continue
-                    with timer.phase("save"):
-                        generated = finish_image(image, resolved, self._model_record(loaded), seed, position, offset,
-                                                 out_dir, index, save, self._runtime_record(loaded),
-                                                 loras=loaded.applied_loras, requested_loras=requested_loras)
-                    images.append(generated)
-                    index += 1
-                    emit(ProgressEvent("save", len(images), len(_keep) if _keep else len(seeds), str(generated.path or "")))
-            status = "ok"
-            self.store.remember_strategy(self._memory_key(loaded, resolved), loaded.strategy.to_dict())
-        except KeyboardInterrupt:
-            status, error = "interrupted", "interrupted by the user"
-            raise
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            reading = memory.read()
-            self.store.finish_run(run_id, status=status, seeds=seeds, timings=timer.as_dict(),
-                                  peak_memory_bytes=reading.peak_bytes, outputs=[str(i.path) for i in images if i.path],
-                                  error=error, events=[{"plan": reason}, *events])
+        events: list[dict] = [{"plan": reason}]
+        interrupted = False
+        with recorded_run(self.store, "generate", request=resolved.to_dict(), model=loaded.source.name,
+                          model_hash=loaded.sha256, device=self.device_spec.torch_device) as record:
+            record.seeds, record.events = seeds, events
+            try:
+                out_dir = Path(resolved.output_dir).expanduser() if resolved.output_dir else paths.outputs_dir()
+                index = next_index(out_dir) if options.save else 0
+                per_batch = kind.steps_run(resolved)
+                total_steps = per_batch * resolved.batch_count
+                for batch in range(resolved.batch_count):
+                    batch_seeds = seeds[batch * resolved.batch_size : (batch + 1) * resolved.batch_size]
+                    run = BatchRun(loaded, timer, emit, total_steps, batch * per_batch, cancel=options.cancel)
+                    try:
+                        pil_images = self._run_with_recovery(loaded, kind, the_plan, resolved, batch_seeds, run, events)
+                    except Cancelled as stop:
+                        events.append({"event": stop.how, "batch": batch})
+                        if stop.how == "skip":
+                            continue
+                        interrupted = True
+                        break
+                    for offset, (seed, image) in enumerate(zip(batch_seeds, pil_images)):
+                        position = batch * resolved.batch_size + offset
+                        if options.keep is not None and position not in options.keep:
+                            continue
+                        with timer.phase("save"):
+                            generated = finish_image(image, resolved, self._model_record(loaded), seed, position, offset,
+                                                     out_dir, index, options.save, self._runtime_record(loaded),
+                                                     loras=loaded.applied_loras, requested_loras=requested_loras)
+                        if generated.path is not None:
+                            record.image(generated.path, seed)
+                        images.append(generated)
+                        index += 1
+                        emit(ProgressEvent("save", len(images), len(options.keep) if options.keep else len(seeds),
+                                           str(generated.path or "")))
+                if interrupted:
+                    record.status, record.error = "interrupted", "interrupted: the images finished before were kept"
+                else:
+                    self.store.remember_strategy(self._memory_key(loaded, resolved), loaded.strategy.to_dict())
+            finally:
+                reading = memory.read()
+                record.timings, record.peak_memory_bytes = timer.as_dict(), reading.peak_bytes
         warnings = list(the_plan.warnings) + [w for applied in loaded.applied_loras for w in applied.warnings]
         if loaded.random_architecture:
             warnings.append(f"{loaded.source.name} has random weights: its images are noise, but its time and memory "
@@ -254,19 +279,19 @@ class Engine:
                 "Add a model with `hayai models add PATH`."
             )
         return GenerationResult(
-            run_id, resolved, images, loaded.source.name, loaded.sha256, loaded.family, loaded.strategy.device,
-            loaded.strategy.dtype, timer.as_dict(), reading, loaded.placeholder, loaded.strategy.name, reason, events,
-            warnings, loras=[applied.to_dict() for applied in loaded.applied_loras],
+            record.run_id, resolved, images, loaded.source.name, loaded.sha256, loaded.family, loaded.strategy.device,
+            loaded.strategy.dtype, timer.as_dict(), reading, loaded.placeholder, loaded.strategy.name, reason, events[1:],
+            warnings, loras=[applied.to_dict() for applied in loaded.applied_loras], interrupted=interrupted,
         )
 
-    def _run_with_recovery(self, loaded, the_plan, request, seeds, timer, emit, batch, total_steps, events):
+    def _run_with_recovery(self, loaded, kind, the_plan, request, seeds, run: BatchRun, events):
         """Run one batch; out of memory, step down the plan's ladder and run it again with the same seeds."""
+        start_steps = run.done_steps
         while True:
-            loaded.pipe.scheduler = build_scheduler(request.sampler, request.schedule_type,
-                                                    loaded.base_scheduler_config, loaded.flow_matching)
+            run.done_steps = start_steps
+            run.encode_on = encode_device(loaded.pipe, loaded.strategy)
             try:
-                return run_batch(loaded.pipe, loaded.family, request, seeds, timer=timer, emit=emit, batch=batch,
-                                 total_steps=total_steps, encode_on=encode_device(loaded.pipe, loaded.strategy))
+                return kind.run(run, request, seeds)
             except OutOfMemoryInPhase as oom:
                 failed = loaded.strategy
                 leaner = the_plan.ladder_after(failed)
@@ -276,7 +301,7 @@ class Engine:
                         "lower the resolution or the batch size"
                     ) from oom
                 events.append({"event": "out_of_memory", "phase": oom.phase, "strategy": failed.name, "next": leaner[0].name})
-                with timer.phase("load"):
+                with run.timer.phase("load"):
                     self._prepare(loaded, leaner[0], loaded.lora_specs, request.lora_partial)
 
     def _model_record(self, loaded: LoadedModel) -> dict:
@@ -290,11 +315,13 @@ class Engine:
     def request_from_image(self, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
         return request_from_image(image_path, store=self.store)
 
-    def reproduce(self, image_path: Path, *, progress: ProgressCallback | None = None, **overrides) -> GenerationResult:
+    def reproduce(self, image_path: Path, options: RunOptions | None = None, *,
+                  progress: ProgressCallback | None = None, **overrides) -> GenerationResult:
         request, keep, warnings = request_from_image(image_path, store=self.store)
         if overrides:
             request = dataclasses.replace(request, **overrides)
-        result = self.generate(request, progress=progress, _keep=keep)
+        options = dataclasses.replace(options or self._default_options(), keep=frozenset(keep) if keep else None)
+        result = self.generate(request, options, progress=progress)
         result.warnings[:0] = warnings
         return result
 

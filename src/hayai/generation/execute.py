@@ -19,7 +19,8 @@ __all__ = ["pipeline_kwargs", "run_batch", "OutOfMemoryInPhase"]
 
 
 class OutOfMemoryInPhase(Exception):
-    """The device ran out of memory; `phase` says where ("text_encode", "denoise" or "vae_decode")."""
+    """The device ran out of memory; `phase` says where ("text_encode", "vae_encode", "denoise", "vae_decode",
+    "upscale")."""
 
     def __init__(self, phase: str, error: BaseException):
         super().__init__(f"out of memory during {phase}: {error}")
@@ -57,19 +58,27 @@ def _denoiser(pipe):
 
 
 def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int], *, timer, emit, batch: int,
-              total_steps: int, encode_on: str | None = None):
-    """One pipeline call; charges text encoding (hooks), denoising (to the last step) and decoding.
+              total_steps: int, encode_on: str | None = None, extra: dict | None = None, output_type: str = "pil",
+              done_steps: int | None = None, cancel=None, drop: tuple[str, ...] = ()):
+    """One pipeline call; charges text encoding and VAE encoding (hooks), denoising (to the last step) and
+    decoding (from there to the end).
 
-    `encode_on` names the device the text encoders run on when it is not the denoiser's.
+    `encode_on` names the device the text encoders run on when it is not the denoiser's. `extra` holds
+    the kind's own call arguments (image, strength, mask_image, ...), over the plain call's.
+    `done_steps` is how many steps of the run came before this call (default: `batch` whole batches),
+    for progress; `cancel` (a `CancelToken`) is checked at the end of every step.
     """
     phase = ["text_encode"]
     last_step = [0.0]
     schedule = [None]
+    before = batch * request.steps if done_steps is None else done_steps
 
     def on_step_end(pipeline, step, timestep, tensors):
         out = schedule[0](pipeline, step, timestep, tensors) if schedule[0] else {}
         last_step[0] = timer.now()
-        emit(ProgressEvent("denoise", batch * request.steps + step + 1, total_steps))
+        emit(ProgressEvent("denoise", before + step + 1, total_steps))
+        if cancel is not None:
+            cancel.check()
         return out
 
     def entering(name):
@@ -79,20 +88,23 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
 
     # prepended: the phase is known before any other hook (or the module itself) can fail
     handles = [_denoiser(pipe).register_forward_pre_hook(entering("denoise"), prepend=True),
-               pipe.vae.decoder.register_forward_pre_hook(entering("vae_decode"), prepend=True)]
-    kwargs = pipeline_kwargs(request, seeds)
-    for replaced in ("prompt", "negative_prompt", "clip_skip"):
+               pipe.vae.decoder.register_forward_pre_hook(entering("vae_decode"), prepend=True),
+               pipe.vae.encoder.register_forward_pre_hook(entering("vae_encode"), prepend=True)]
+    kwargs = {**pipeline_kwargs(request, seeds), **(extra or {})}
+    for replaced in ("prompt", "negative_prompt", "clip_skip", *drop):
         kwargs.pop(replaced, None)
-    before_encode = timer.seconds["text_encode"]
+    before_encode = timer.seconds["text_encode"] + timer.seconds["vae_encode"]
     start = timer.now()
     try:
-        with timer.hooked(_encoders(pipe), "text_encode"):
+        with timer.hooked(_encoders(pipe), "text_encode"), timer.hooked([pipe.vae.encoder], "vae_encode"):
             embeds, schedule[0] = prompt_kwargs(pipe, family, request.prompt, request.negative_prompt, request.clip_skip,
                                                 steps=request.steps, images=len(seeds), device=encode_on)
             if encode_on is not None:  # hand the embeddings to the denoiser's device and dtype
                 target = _denoiser(pipe)
                 embeds = {k: v.to(target.device, target.dtype) if hasattr(v, "to") else v for k, v in embeds.items()}
-            output = pipe(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type="pil")
+            if cancel is not None:
+                cancel.check()
+            output = pipe(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type=output_type)
     except Exception as error:
         if is_out_of_memory(error):
             raise OutOfMemoryInPhase(phase[0], error) from error
@@ -101,7 +113,7 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
         for handle in handles:
             handle.remove()
     end = timer.now()
-    encode_seconds = timer.seconds["text_encode"] - before_encode
+    encode_seconds = timer.seconds["text_encode"] + timer.seconds["vae_encode"] - before_encode
     timer.add("denoise", last_step[0] - start - encode_seconds)
     timer.add("vae_decode", end - last_step[0])
     return output.images

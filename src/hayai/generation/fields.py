@@ -60,8 +60,7 @@ _F = RequestField
 
 FIELDS: tuple[RequestField, ...] = (
     _F("prompt", "str", None, "What to draw (A1111-style prompt).", api="prompt"),
-    _F("negative_prompt", "str", "", "Negative prompt.", ("--negative", "-n"), api="negative_prompt",
-       label="Negative prompt"),
+    _F("negative_prompt", "str", "", "Negative prompt.", ("--negative", "-n"), api="negative_prompt"),
     _F("model", "str", None, "Model name, path, hub id (local cache only), or arch:sd15 / arch:sdxl / arch:sd35m.",
        ("--model", "-m"), api="sd_model_checkpoint", label="Checkpoint name",
        aliases=("checkpoint", "ckpt", "checkpoint_name", "sd_model_checkpoint"), infotext="Model", reloads_model=True),
@@ -129,8 +128,8 @@ FIELDS: tuple[RequestField, ...] = (
        api="hr_resize_x", minimum=0, maximum=8192, kinds=("hires",)),
     _F("hr_resize_y", "int", 0, "Hires fix: final height instead of a factor (0 = from --hires).", ("--hires-height",),
        api="hr_resize_y", minimum=0, maximum=8192, kinds=("hires",)),
-    _F("hr_upscaler", "str", "Latent", "Hires upscaler: Latent (and A1111's other latent modes), Lanczos, Nearest, "
-       "or an ESRGAN-family model file \\[Latent].", ("--upscaler",), api="hr_upscaler", label="Hires upscaler",
+    _F("hr_upscaler", "str", "Latent", "Hires upscaler: Latent, Latent (bicubic), ... (A1111's latent modes), Lanczos, Nearest "
+       "\\[Latent].", ("--upscaler",), api="hr_upscaler", label="Hires upscaler",
        aliases=("upscaler",), infotext="Hires upscaler", kinds=("hires",)),
     _F("hr_steps", "int", 0, "Steps of each hires pass (0 = --steps).", ("--hires-steps",), api="hr_second_pass_steps",
        label="Hires steps", aliases=("hr_second_pass_steps",), infotext="Hires steps", minimum=0, maximum=1000, kinds=("hires",)),
@@ -141,7 +140,7 @@ FIELDS: tuple[RequestField, ...] = (
     _F("hr_negative_prompt", "str", None, "Negative prompt of the hires passes \\[the negative prompt].",
        ("--hires-negative",), api="hr_negative_prompt", infotext="Hires negative prompt", kinds=("hires",)),
     _F("progressive", "sizes", (), "Progressive upscaling: the long side of every pass, e.g. 512,768,1024.",
-       ("--progressive",), label="Progressive", infotext="Progressive", kinds=("hires",)),
+       ("--progressive",), infotext="Progressive", kinds=("hires",)),
 )
 
 FIELD: dict[str, RequestField] = {f.name: f for f in FIELDS}

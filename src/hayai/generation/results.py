@@ -51,6 +51,7 @@ class GenerationResult:
     events: list[dict] = field(default_factory=list)  # out-of-memory step-downs, in order
     warnings: list[str] = field(default_factory=list)
     loras: list[dict] = field(default_factory=list)  # the LoRAs in effect (hayai.lora.AppliedLora.to_dict)
+    interrupted: bool = False  # stopped by a CancelToken: `images` are those finished before
 
     def to_dict(self) -> dict:
         return {
@@ -71,4 +72,5 @@ class GenerationResult:
             "peak_memory_kind": self.peak_memory.kind,
             "placeholder": self.placeholder,
             "warnings": self.warnings,
+            "interrupted": self.interrupted,
         }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 __all__ = ["PHASES", "PhaseTimer", "PeakMemory", "MemoryReading"]
 
-PHASES = ("load", "text_encode", "denoise", "vae_decode", "save")
+PHASES = ("load", "text_encode", "vae_encode", "denoise", "vae_decode", "upscale", "save")
 
 
 class PhaseTimer:

@@ -68,6 +68,11 @@ class Store:
                 device=device, now=_now(), process=process_token(),
             )
 
+    def add_output(self, run_id: int, path: str, seed: int) -> None:
+        """Record one saved image of running run `run_id` (its outputs and seeds grow as the run goes)."""
+        with self._lock:
+            history.add_output(self._conn, run_id, path, seed)
+
     def finish_run(
         self,
         run_id: int,

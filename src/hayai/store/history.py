@@ -22,6 +22,7 @@ __all__ = [
     "iso_utc",
     "insert_run",
     "finish_run",
+    "add_output",
     "end_dead_runs",
     "get_run",
     "query_runs",
@@ -125,6 +126,15 @@ def finish_run(
     if cursor.rowcount == 0:
         previous = get_run(conn, run_id)  # raises if there is no such run
         raise HayaiError(f"run {run_id} is already finished (status {previous.status!r})")
+
+
+def add_output(conn: sqlite3.Connection, run_id: int, path: str, seed: int) -> None:
+    """Record one image of a running run as soon as it is saved, so a run killed later still lists it."""
+    conn.execute(
+        "UPDATE runs SET outputs = json_insert(outputs, '$[#]', ?), seeds = json_insert(seeds, '$[#]', ?) "
+        "WHERE id = ? AND status = 'running'",
+        (path, seed, run_id),
+    )
 
 
 def end_dead_runs(conn: sqlite3.Connection, *, now: str) -> list[int]:

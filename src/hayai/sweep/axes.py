@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from hayai.errors import RequestError
+from hayai.generation.fields import FIELDS
 
 __all__ = ["AXES", "Axis", "AxisKind", "find_axis", "parse_axis", "parse_values", "format_value"]
 
@@ -32,29 +33,20 @@ __all__ = ["AXES", "Axis", "AxisKind", "find_axis", "parse_axis", "parse_values"
 class AxisKind:
     """One thing a sweep can vary."""
 
-    key: str  # our name: the request field it sets, or "size", "lora_weight", "prompt_sr", "strategy"
+    key: str  # the request field it sets, or "size", "lora_weight", "prompt_sr", "strategy"
     label: str  # A1111's label (what the grid and the chart print)
     type: str  # "int", "float", "str" or "size"
     aliases: tuple[str, ...] = ()
     engine_level: bool = False  # set on the engine (strategy, model), not only on the request: cells are ordered by it
 
 
+# every request field with an A1111 X/Y/Z label (hayai.generation.fields), then the axes that are not one field
 AXES: tuple[AxisKind, ...] = (
-    AxisKind("steps", "Steps", "int"),
-    AxisKind("cfg_scale", "CFG Scale", "float", ("cfg", "guidance", "guidance_scale")),
-    AxisKind("sampler", "Sampler", "str", ("sampler_name",)),
-    AxisKind("schedule_type", "Schedule type", "str", ("schedule", "scheduler")),
-    AxisKind("seed", "Seed", "int"),
-    AxisKind("width", "Width", "int", ("w",)),
-    AxisKind("height", "Height", "int", ("h",)),
+    *(AxisKind(f.name, f.label, f.type, f.aliases) for f in FIELDS if f.label and not f.reloads_model),
     AxisKind("size", "Size", "size", ("resolution", "wxh")),
-    AxisKind("batch_size", "Batch size", "int", ("batch", "b")),
-    AxisKind("batch_count", "Batch count", "int", ("n_iter",)),
-    AxisKind("clip_skip", "Clip skip", "int"),
     AxisKind("lora_weight", "LoRA weight", "float", ("lora", "lora_strength")),
     AxisKind("prompt_sr", "Prompt S/R", "str", ("prompt_search_replace", "sr")),
-    AxisKind("model", "Checkpoint name", "str", ("checkpoint", "ckpt", "checkpoint_name", "sd_model_checkpoint"),
-             engine_level=True),
+    *(AxisKind(f.name, f.label, f.type, f.aliases, engine_level=True) for f in FIELDS if f.label and f.reloads_model),
     AxisKind("strategy", "Strategy", "str", ("plan", "execution", "execution_strategy"), engine_level=True),
 )
 

@@ -168,7 +168,7 @@ def _cell(base: GenerationRequest, strategy: str | None, ix: int, iy: int, iz: i
             updates["negative_prompt"] = base.negative_prompt.replace(search, value)
         elif key == "strategy":
             strategy = None if value.lower() == AUTO_STRATEGY else value
-        elif key == "cfg_scale":
+        elif axis.kind.type == "float":
             updates[key] = float(value)
         else:
             updates[key] = value

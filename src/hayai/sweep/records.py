@@ -16,20 +16,29 @@ import json
 import os
 from pathlib import Path
 
+from hayai.generation.fields import FIELDS
 from hayai.generation.timing import PHASES
 
-__all__ = ["CSV_COLUMNS", "adherence", "append_state", "cell_row", "read_state", "write_csv", "write_json",
+__all__ = ["CSV_COLUMNS", "csv_columns", "adherence", "append_state", "cell_row", "read_state", "write_csv", "write_json",
            "GENERATION_PHASES"]
 
-GENERATION_PHASES = ("text_encode", "denoise", "vae_decode")  # a cell's "seconds": the work itself, without load/save
+GENERATION_PHASES = ("text_encode", "vae_encode", "denoise", "vae_decode", "upscale")  # a cell's "seconds": the work itself, without load/save
 
-_REQUEST_COLUMNS = ("prompt", "negative_prompt", "model", "steps", "cfg_scale", "sampler", "schedule_type", "width",
-                    "height", "seed", "batch_size", "batch_count", "clip_skip", "loras")
-CSV_COLUMNS = (
-    "cell", "x", "y", "z", *_REQUEST_COLUMNS, "model_name", "model_hash", "family", "strategy", "device", "dtype",
-    *(f"{phase}_s" for phase in PHASES), "seconds", "seconds_per_step", "peak_memory_bytes", "peak_memory_kind",
-    "adherence", "seeds", "images", "run_id",
+_NOT_COLUMNS = {"model_config", "output_dir", "filename_pattern", "image_format", "lora_partial"}
+# the request's fields that apply to every kind; those of img2img, inpainting and hires join when a cell is of that kind
+_REQUEST_COLUMNS = tuple(f.name for f in FIELDS if not f.kinds and f.name not in _NOT_COLUMNS)
+_RESULT_COLUMNS = (
+    "model_name", "model_hash", "family", "strategy", "device", "dtype", *(f"{phase}_s" for phase in PHASES), "seconds",
+    "seconds_per_step", "peak_memory_bytes", "peak_memory_kind", "adherence", "seeds", "images", "run_id",
 )
+CSV_COLUMNS = ("cell", "x", "y", "z", *_REQUEST_COLUMNS, *_RESULT_COLUMNS)  # a text-to-image sweep's columns
+
+
+def csv_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The columns of a sweep's table: CSV_COLUMNS, plus the fields of the kinds its cells are."""
+    kinds = {row["request_kind"] for row in rows if "request_kind" in row}
+    extra = tuple(f.name for f in FIELDS if set(f.kinds) & kinds and f.name not in _NOT_COLUMNS)
+    return ("cell", "x", "y", "z", *_REQUEST_COLUMNS, *extra, *_RESULT_COLUMNS)
 
 
 def adherence(images, prompt: str) -> float | None:
@@ -57,8 +66,8 @@ def cell_row(cell, result, axis_names: dict[str, str]) -> dict:
     return {
         "cell": cell.key, "ix": cell.ix, "iy": cell.iy, "iz": cell.iz,
         **{a: labels.get(a, "") for a in ("x", "y", "z")},
-        **{name: request[name] for name in _REQUEST_COLUMNS},
-        "request": request,
+        **{name: request[name] for name in request if name not in _NOT_COLUMNS},
+        "request": request, "request_kind": result.request.kind,
         "model_name": result.model, "model_hash": result.model_hash[:10], "family": result.family.value,
         "strategy": result.strategy, "device": result.device, "dtype": result.dtype,
         **timings,
@@ -105,10 +114,11 @@ def _csv_value(value):
 def write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".csv.partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        columns = csv_columns(rows)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: _csv_value(row.get(column)) for column in CSV_COLUMNS})
+            writer.writerow({column: _csv_value(row.get(column)) for column in columns})
     tmp.replace(path)
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 
 from hayai import paths
 from hayai.errors import RequestError
+from hayai.generation.options import RunOptions
 from hayai.sweep.axes import format_value
 from hayai.sweep.plan import SweepPlan
 from hayai.sweep.records import append_state, cell_row, read_state, write_csv, write_json
@@ -120,7 +121,6 @@ def run_sweep(engine, plan: SweepPlan, folder: Path | None = None, *, restart: b
                                     model=plan.base.model or "", model_hash=None, device=engine.device_spec.torch_device)
     status, error, ran = "error", None, 0
     started, work_here = time.perf_counter(), 0.0
-    default_strategy = engine.forced_strategy
     try:
         emit(SweepProgress(len(done), len(plan.cells), work_done, total_work, None, "", resumed))
         for cell in plan.run_order():
@@ -135,8 +135,10 @@ def run_sweep(engine, plan: SweepPlan, folder: Path | None = None, *, restart: b
                                        _eta(started, work_here + part, total_work - work_done - part), detail, resumed))
 
             _remove_partial(folder / "images", cell.key)
-            engine.forced_strategy = cell.strategy if cell.strategy is not None else plan.strategy
-            result = engine.generate(cell.request, progress=on_event)
+            strategy = cell.strategy if cell.strategy is not None else plan.strategy
+            options = RunOptions(strategy=strategy or engine.forced_strategy, allow_lossy=engine.allow_lossy,
+                                 progress=on_event)
+            result = engine.generate(cell.request, options)
             row = cell_row(cell, result, axis_names)
             append_state(folder / STATE_FILE, row)
             done[cell.key] = row
@@ -155,7 +157,6 @@ def run_sweep(engine, plan: SweepPlan, folder: Path | None = None, *, restart: b
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        engine.forced_strategy = default_strategy
         engine.store.finish_run(run_id, status=status, seeds=sorted({s for row in done.values() for s in row["seeds"]}),
                                 timings={"seconds": round(time.perf_counter() - started, 4)}, peak_memory_bytes=max(
                                     (row["peak_memory_bytes"] or 0 for row in done.values()), default=None),
