@@ -61,4 +61,7 @@ class Img2Img(PipelineKind):
             fitted = resize_image(request.resize_mode, image, request.width, request.height)
         total, strength, runs = img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)
         pass_request = dataclasses.replace(request, steps=total)
-        return batch.call(pipe, pass_request, seeds, {"image": fitted, "strength": strength}, runs)
+        # one input per image of the batch: SD3's pipeline encodes image i with generator i and has no image i
+        # for a single input; SD1/SDXL repeat a single input the same way themselves
+        images = fitted.repeat(len(seeds), 1, 1, 1) if hasattr(fitted, "repeat") else [fitted] * len(seeds)
+        return batch.call(pipe, pass_request, seeds, {"image": images, "strength": strength}, runs)

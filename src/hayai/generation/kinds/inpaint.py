@@ -76,6 +76,6 @@ class Inpaint(PipelineKind):
             image = prefill(image, mask)
         total, strength, runs = img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)
         pass_request = dataclasses.replace(request, steps=total)
-        extra = {"image": image, "mask_image": mask, "strength": strength}
+        extra = {"image": [image] * len(seeds), "mask_image": [mask] * len(seeds), "strength": strength}
         results = batch.call(pipe, pass_request, seeds, extra, runs)
         return [paste_back(overlay_base, result, overlay_mask, box) for result in results]
