@@ -29,7 +29,7 @@ from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
 from hayai.hardware import DeviceSpec, capped, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
-from hayai.memory.apply import apply_strategy, encode_device, free_memory
+from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
@@ -52,7 +52,7 @@ class LoadedModel:
     base_scheduler_config: dict
     native_size: tuple[int, int]
     facts: object  # hayai.memory.facts.ModelFacts
-    loras: LoraSet  # the LoRAs patched into this pipeline's weights
+    loras: LoraSet | None  # the LoRAs patched into this pipeline's weights (None with the pipeline dropped)
     strategy: Strategy | None = None  # how the pipeline is placed now (None: as loaded, on the CPU)
     lora_specs: tuple[LoraSpec, ...] = ()  # what `loras` holds now
     applied_loras: list[AppliedLora] = field(default_factory=list)
@@ -170,21 +170,28 @@ class Engine:
         place when its weights are whole tensors somewhere (resident, CPU, model offload); streamed or
         fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone).
         """
-        if loaded.strategy == strategy and loaded.lora_specs == specs:
+        if loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs:
             return
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
-        if fresh or (loaded.random_architecture and loaded.strategy is None):  # still on the meta device
-            loaded.pipe = None
-            free_memory()
+        # dropped after an out-of-memory error, or an architecture still on the meta device
+        if fresh or loaded.pipe is None or (loaded.random_architecture and loaded.strategy is None):
+            self._drop_pipe(loaded)
             loaded.pipe = self._load_pipe(loaded.source, strategy)
             loaded.loras = LoraSet(loaded.pipe, loaded.family, resolver=self._find_lora)
-            loaded.strategy = None
         loaded.applied_loras = loaded.loras.apply(list(specs), partial=partial)
         loaded.lora_specs = specs
         if loaded.strategy != strategy:
             apply_strategy(loaded.pipe, strategy)
             loaded.strategy = strategy
+
+    @staticmethod
+    def _drop_pipe(loaded: LoadedModel) -> None:
+        """Let go of every reference to the pipeline (and its LoRA set) and free its memory, so the next
+        one is built in the room it leaves rather than beside it."""
+        loaded.pipe = loaded.loras = None
+        loaded.applied_loras, loaded.lora_specs, loaded.strategy = [], (), None
+        free_memory()
 
     def _memory_key(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[str, str, int, int, int]:
         spec = self.device_spec
@@ -204,8 +211,6 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved)
-        with timer.phase("load"):
-            self._prepare(loaded, strategy, specs, resolved.lora_partial)
         seeds = resolved.seeds()
         run_id = self.store.start_run("generate", request=resolved.to_dict(), model=loaded.source.name,
                                       model_hash=loaded.sha256, device=self.device_spec.torch_device)
@@ -218,8 +223,8 @@ class Engine:
             total_steps = resolved.steps * resolved.batch_count
             for batch in range(resolved.batch_count):
                 batch_seeds = seeds[batch * resolved.batch_size : (batch + 1) * resolved.batch_size]
-                pil_images = self._run_with_recovery(loaded, the_plan, resolved, batch_seeds, timer, emit, batch,
-                                                     total_steps, events)
+                pil_images = self._run_with_recovery(loaded, the_plan, strategy if batch == 0 else loaded.strategy, specs,
+                                                     resolved, batch_seeds, timer, emit, batch, total_steps, events)
                 for offset, (seed, image) in enumerate(zip(batch_seeds, pil_images)):
                     position = batch * resolved.batch_size + offset
                     if _keep is not None and position not in _keep:
@@ -259,25 +264,33 @@ class Engine:
             warnings, loras=[applied.to_dict() for applied in loaded.applied_loras],
         )
 
-    def _run_with_recovery(self, loaded, the_plan, request, seeds, timer, emit, batch, total_steps, events):
-        """Run one batch; out of memory, step down the plan's ladder and run it again with the same seeds."""
+    def _run_with_recovery(self, loaded, the_plan, strategy, specs, request, seeds, timer, emit, batch, total_steps,
+                           events):
+        """Place the pipeline as `strategy` says and run one batch; out of memory while placing or running,
+        drop the pipeline, step down the plan's ladder and run again with the same seeds."""
         while True:
-            loaded.pipe.scheduler = build_scheduler(request.sampler, request.schedule_type,
-                                                    loaded.base_scheduler_config, loaded.flow_matching)
             try:
+                phase = "placement"
+                with timer.phase("load"):
+                    self._prepare(loaded, strategy, specs, request.lora_partial)
+                loaded.pipe.scheduler = build_scheduler(request.sampler, request.schedule_type,
+                                                        loaded.base_scheduler_config, loaded.flow_matching)
                 return run_batch(loaded.pipe, loaded.family, request, seeds, timer=timer, emit=emit, batch=batch,
                                  total_steps=total_steps, encode_on=encode_device(loaded.pipe, loaded.strategy))
-            except OutOfMemoryInPhase as oom:
-                failed = loaded.strategy
-                leaner = the_plan.ladder_after(failed)
+            except Exception as error:
+                if not is_out_of_memory(error) and not isinstance(error, OutOfMemoryInPhase):
+                    raise
+                phase = getattr(error, "phase", phase)
+                leaner = the_plan.ladder_after(strategy)
                 if not leaner:
                     raise HayaiError(
-                        f"out of memory during {oom.phase} even with the leanest strategy ({failed.name}); "
+                        f"out of memory during {phase} even with the leanest strategy ({strategy.name}); "
                         "lower the resolution or the batch size"
-                    ) from oom
-                events.append({"event": "out_of_memory", "phase": oom.phase, "strategy": failed.name, "next": leaner[0].name})
-                with timer.phase("load"):
-                    self._prepare(loaded, leaner[0], loaded.lora_specs, request.lora_partial)
+                    ) from error
+                events.append({"event": "out_of_memory", "phase": phase, "strategy": strategy.name, "next": leaner[0].name})
+            # outside the except block, whose traceback holds the failed run's frames (and so its pipeline)
+            self._drop_pipe(loaded)
+            strategy = leaner[0]
 
     def _model_record(self, loaded: LoadedModel) -> dict:
         return {"name": loaded.source.name, "sha256": loaded.sha256, "family": loaded.family.value,
