@@ -12,7 +12,7 @@ from __future__ import annotations
 from hayai.generation.encoding import prompt_kwargs
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import ProgressEvent
-from hayai.memory.apply import is_out_of_memory
+from hayai.memory.apply import is_out_of_memory, without_text_encoders
 from hayai.models.families import Family
 
 __all__ = ["pipeline_kwargs", "run_batch", "OutOfMemoryInPhase"]
@@ -92,7 +92,8 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
             if encode_on is not None:  # hand the embeddings to the denoiser's device and dtype
                 target = _denoiser(pipe)
                 embeds = {k: v.to(target.device, target.dtype) if hasattr(v, "to") else v for k, v in embeds.items()}
-            output = pipe(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type="pil")
+            call = pipe if encode_on is None else without_text_encoders(pipe)  # (it would cast to theirs)
+            output = call(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type="pil")
     except Exception as error:
         if is_out_of_memory(error):
             raise OutOfMemoryInPhase(phase[0], error) from error
