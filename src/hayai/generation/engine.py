@@ -27,7 +27,7 @@ from hayai.generation.results import GeneratedImage, GenerationResult, ProgressC
 from hayai.generation.samplers import build_scheduler
 from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
-from hayai.hardware import DeviceSpec, capped, probe
+from hayai.hardware import DeviceSpec, cap_memory, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
 from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory
 from hayai.memory.facts import facts_from_pipeline
@@ -91,8 +91,7 @@ class Engine:
         self.store = store if store is not None else Store()
         self.catalog = Catalog(self.store)
         self.device_spec = _pick_device(device)
-        if vram is not None:
-            self.device_spec = _cap_device(self.device_spec, vram)
+        self.device_spec = cap_memory(self.device_spec, vram)  # (None lifts a cap an earlier Engine set)
         self.forced_strategy = strategy
         self.allow_lossy = allow_lossy
         self.allow_pickle = allow_pickle
@@ -335,14 +334,3 @@ def _pick_device(device: DeviceSpec | str | None) -> DeviceSpec:
             return spec
     found = ", ".join(spec.torch_device for spec in machine.devices)
     raise RequestError(f"device={device!r} is not available here; found: {found}")
-
-
-def _cap_device(spec: DeviceSpec, vram: int) -> DeviceSpec:
-    """Plan for `vram` bytes; on CUDA also cap the allocator, so going past the plan is a real OOM."""
-    if vram <= 0 or vram > spec.total_bytes:
-        raise RequestError(f"vram={vram} must be between 1 and the device's {spec.total_bytes} bytes")
-    if spec.kind in ("cuda", "rocm") and not spec.simulated:
-        import torch
-
-        torch.cuda.set_per_process_memory_fraction(vram / spec.total_bytes, spec.index)
-    return capped(spec, vram)
