@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hayai.errors import RequestError
 
-__all__ = ["DeviceSpec", "MachineInfo", "probe", "parse_device_spec", "known_gpu", "capped", "GIB"]
+__all__ = ["DeviceSpec", "MachineInfo", "probe", "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory",
+           "allocator_fraction", "GIB", "WINDOWS_VRAM_FRACTION"]
 
 GIB = 1024**3
 
@@ -25,7 +26,7 @@ GIB = 1024**3
 # Ampere (GA102), Ada (AD102) and Hopper whitepapers and product pages; GeForce cards run FP32-accumulate
 # at half the FP16-accumulate rate. Longest names first so "4060 ti" wins over "4060".
 _GPU_TFLOPS: dict[str, float] = {
-    "h200": 989.0, "h100 sxm": 989.0, "h100": 756.0, "h800": 756.0, "a100": 312.0, "l40s": 362.0, "l4": 121.0,
+    "h200": 989.0, "h100 sxm": 989.0, "h100 80gb hbm3": 989.0, "h100": 756.0, "h800": 756.0, "a100": 312.0, "l40s": 362.0, "l4": 121.0,
     "a10": 125.0, "t4": 65.0, "v100": 125.0,
     "rtx 4090": 165.2, "rtx 4080": 97.5, "rtx 4070 ti": 80.2, "rtx 4070": 58.3, "rtx 4060 ti": 44.1, "rtx 4060": 30.2,
     "rtx 3090": 71.0, "rtx 3080": 59.5, "rtx 3070": 40.6, "rtx 3060 ti": 32.4, "rtx 3060": 25.6,
@@ -40,6 +41,9 @@ _PCIE_EFFICIENCY = 0.8  # what pinned-memory copies reach of the link's payload 
 # A CPU core with AVX2 FMA: 2 FMA units x 8 fp32 lanes x 2 flops at ~3 GHz; eager PyTorch reaches a fraction.
 _CPU_CORE_GFLOPS = 96.0
 _DEFAULT_GPU_TFLOPS = 30.0  # an unknown CUDA card: assume a mid-range (RTX 4060-class) part
+# Without --vram on Windows, the allocator may reserve this much of the card: past dedicated VRAM the WDDM
+# driver spills into shared host memory (10x slower) instead of failing, so a plan's OOM would never come.
+WINDOWS_VRAM_FRACTION = 0.95
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
                 name=props.name,
                 total_bytes=int(total),
                 free_bytes=int(free),
-                bf16=bool(torch.cuda.is_bf16_supported()) and bf16_by_name,
+                # natively from Ampere (8.0) on; torch reports emulated bf16 as supported on older cards
+                bf16=bool(torch.cuda.is_bf16_supported(including_emulation=False)) and bf16_by_name and capability >= (8, 0),
                 fp16=True,
                 fp8=capability >= (8, 9) or fp8_by_name,
                 sdpa=hasattr(torch.nn.functional, "scaled_dot_product_attention") and capability >= (7, 5),
@@ -270,8 +275,43 @@ def parse_device_spec(text: str, *, host_ram_bytes: int = 32 * GIB) -> DeviceSpe
     )
 
 
+def parse_size(text: str) -> int:
+    """'8GB', '7.5 GiB', '6144MB' -> bytes (GiB, as card makers mean GB)."""
+    match = _MEMORY.fullmatch(text.strip().lower()) or _MEMORY.fullmatch(text.strip().lower() + "gb")
+    if not match:
+        raise RequestError(f"--vram={text!r} is not a size; write e.g. 8GB or 6144MB")
+    scale = GIB if match.group(2).lower() in ("gib", "gb", "g") else 1024**2
+    return int(float(match.group(1)) * scale)
+
+
 def capped(device: DeviceSpec, total_bytes: int) -> DeviceSpec:
     """The same device with less memory (what `--vram 8GB` simulates on a bigger card)."""
     used = device.total_bytes - device.free_bytes
     return replace(device, total_bytes=total_bytes, free_bytes=max(total_bytes - used, 0), simulated=True,
                    name=f"{device.name} capped to {total_bytes / GIB:.1f} GiB")
+
+
+def allocator_fraction(device: DeviceSpec, vram: int | None, *, system: str | None = None) -> float:
+    """The share of `device` PyTorch's CUDA allocator may reserve so that the run sees `vram` bytes.
+
+    The allocator's cap leaves out what lives outside it (the CUDA context, other processes: the device's
+    total less its free bytes when probed), so `vram` of the card is what the whole process gets, as on a
+    card of that size. Without a cap: all of it, or `WINDOWS_VRAM_FRACTION` on Windows.
+    """
+    ceiling = WINDOWS_VRAM_FRACTION if (system or platform.system()) == "Windows" else 1.0
+    if vram is None:
+        return ceiling
+    outside = device.total_bytes - device.free_bytes
+    return min(ceiling, max(vram - outside, 0) / device.total_bytes) or 1 / device.total_bytes
+
+
+def cap_memory(device: DeviceSpec, vram: int | None) -> DeviceSpec:
+    """The device to plan for with `vram` bytes (None: as it is); on a real CUDA device the allocator is
+    capped to match (so going past the plan is a real OOM), or the cap a previous caller set is lifted."""
+    if vram is not None and (vram <= 0 or vram > device.total_bytes):
+        raise RequestError(f"vram={vram} must be between 1 and the device's {device.total_bytes} bytes")
+    if device.kind in ("cuda", "rocm") and not device.simulated:
+        import torch
+
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(device, vram), device.index)
+    return capped(device, vram) if vram is not None else device

@@ -9,18 +9,7 @@ from typing import Optional
 import typer
 
 from hayai.cli.output import console
-
-
-def parse_size(text: str) -> int:
-    """'8GB', '7.5 GiB', '6144MB' -> bytes (GiB, as card makers mean GB)."""
-    from hayai.errors import RequestError
-    from hayai.hardware import _MEMORY, GIB
-
-    match = _MEMORY.fullmatch(text.strip().lower()) or _MEMORY.fullmatch(text.strip().lower() + "gb")
-    if not match:
-        raise RequestError(f"--vram={text!r} is not a size; write e.g. 8GB or 6144MB")
-    scale = GIB if match.group(2).lower() in ("gib", "gb", "g") else 1024**2
-    return int(float(match.group(1)) * scale)
+from hayai.hardware import parse_size  # noqa: F401  (the CLI's --vram parser: cli.generate and cli.sweep take it from here)
 
 
 def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.")) -> None:

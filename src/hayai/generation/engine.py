@@ -28,9 +28,9 @@ from hayai.generation.request import GenerationRequest
 from hayai.generation.results import GeneratedImage, GenerationResult, ProgressCallback, ProgressEvent
 from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
-from hayai.hardware import DeviceSpec, capped, probe
+from hayai.hardware import DeviceSpec, cap_memory, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
-from hayai.memory.apply import apply_strategy, encode_device, free_memory
+from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
@@ -54,7 +54,7 @@ class LoadedModel:
     base_scheduler_config: dict
     native_size: tuple[int, int]
     facts: object  # hayai.memory.facts.ModelFacts
-    loras: LoraSet  # the LoRAs patched into this pipeline's weights
+    loras: LoraSet | None  # the LoRAs patched into this pipeline's weights (None with the pipeline dropped)
     strategy: Strategy | None = None  # how the pipeline is placed now (None: as loaded, on the CPU)
     lora_specs: tuple[LoraSpec, ...] = ()  # what `loras` holds now
     applied_loras: list[AppliedLora] = field(default_factory=list)
@@ -95,8 +95,7 @@ class Engine:
         self.store = store if store is not None else Store()
         self.catalog = Catalog(self.store)
         self.device_spec = _pick_device(device)
-        if vram is not None:
-            self.device_spec = _cap_device(self.device_spec, vram)
+        self.device_spec = cap_memory(self.device_spec, vram)  # (None lifts a cap an earlier Engine set)
         self.forced_strategy = strategy
         self.allow_lossy = allow_lossy
         self.allow_pickle = allow_pickle
@@ -178,21 +177,29 @@ class Engine:
         place when its weights are whole tensors somewhere (resident, CPU, model offload); streamed or
         fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone).
         """
-        if loaded.strategy == strategy and loaded.lora_specs == specs:
+        if loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs:
             return
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
-        if fresh or (loaded.random_architecture and loaded.strategy is None):  # still on the meta device
-            loaded.pipe = None
-            free_memory()
+        # dropped after an out-of-memory error, or an architecture still on the meta device
+        if fresh or loaded.pipe is None or (loaded.random_architecture and loaded.strategy is None):
+            self._drop_pipe(loaded)
             loaded.pipe = self._load_pipe(loaded.source, strategy)
             loaded.loras = LoraSet(loaded.pipe, loaded.family, resolver=self._find_lora)
-            loaded.strategy = None
         loaded.applied_loras = loaded.loras.apply(list(specs), partial=partial)
         loaded.lora_specs = specs
         if loaded.strategy != strategy:
             apply_strategy(loaded.pipe, strategy)
             loaded.strategy = strategy
+
+    @staticmethod
+    def _drop_pipe(loaded: LoadedModel) -> None:
+        """Let go of every reference to the pipeline (and its LoRA set) and free its memory, so the next
+        one is built in the room it leaves rather than beside it."""
+        loaded.pipe = loaded.loras = None
+        loaded.applied_loras, loaded.lora_specs, loaded.strategy = [], (), None
+        loaded.derived.clear()  # the other kinds' pipelines hold the same modules
+        free_memory()
 
     def _memory_key(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[str, str, int, int, int]:
         spec = self.device_spec
@@ -223,8 +230,6 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
-        with timer.phase("load"):
-            self._prepare(loaded, strategy, specs, resolved.lora_partial)
         seeds = resolved.seeds()
         images: list[GeneratedImage] = []
         events: list[dict] = [{"plan": reason}]
@@ -241,7 +246,8 @@ class Engine:
                     batch_seeds = seeds[batch * resolved.batch_size : (batch + 1) * resolved.batch_size]
                     run = BatchRun(loaded, timer, emit, total_steps, batch * per_batch, cancel=options.cancel)
                     try:
-                        pil_images = self._run_with_recovery(loaded, kind, the_plan, resolved, batch_seeds, run, events)
+                        pil_images = self._run_with_recovery(loaded, kind, the_plan, strategy if batch == 0 else loaded.strategy,
+                                                             specs, resolved, batch_seeds, run, events)
                     except Cancelled as stop:
                         events.append({"event": stop.how, "batch": batch})
                         if stop.how == "skip":
@@ -284,25 +290,32 @@ class Engine:
             warnings, loras=[applied.to_dict() for applied in loaded.applied_loras], interrupted=interrupted,
         )
 
-    def _run_with_recovery(self, loaded, kind, the_plan, request, seeds, run: BatchRun, events):
-        """Run one batch; out of memory, step down the plan's ladder and run it again with the same seeds."""
+    def _run_with_recovery(self, loaded, kind, the_plan, strategy, specs, request, seeds, run: BatchRun, events):
+        """Place the pipeline as `strategy` says and run one batch of `kind`; out of memory while placing or
+        running, drop the pipeline, step down the plan's ladder and run again with the same seeds."""
         start_steps = run.done_steps
         while True:
-            run.done_steps = start_steps
-            run.encode_on = encode_device(loaded.pipe, loaded.strategy)
             try:
+                phase = "placement"
+                with run.timer.phase("load"):
+                    self._prepare(loaded, strategy, specs, request.lora_partial)
+                run.done_steps = start_steps
+                run.encode_on = encode_device(loaded.pipe, loaded.strategy)
                 return kind.run(run, request, seeds)
-            except OutOfMemoryInPhase as oom:
-                failed = loaded.strategy
-                leaner = the_plan.ladder_after(failed)
+            except Exception as error:
+                if not is_out_of_memory(error) and not isinstance(error, OutOfMemoryInPhase):
+                    raise
+                phase = getattr(error, "phase", phase)
+                leaner = the_plan.ladder_after(strategy)
                 if not leaner:
                     raise HayaiError(
-                        f"out of memory during {oom.phase} even with the leanest strategy ({failed.name}); "
+                        f"out of memory during {phase} even with the leanest strategy ({strategy.name}); "
                         "lower the resolution or the batch size"
-                    ) from oom
-                events.append({"event": "out_of_memory", "phase": oom.phase, "strategy": failed.name, "next": leaner[0].name})
-                with run.timer.phase("load"):
-                    self._prepare(loaded, leaner[0], loaded.lora_specs, request.lora_partial)
+                    ) from error
+                events.append({"event": "out_of_memory", "phase": phase, "strategy": strategy.name, "next": leaner[0].name})
+            # outside the except block, whose traceback holds the failed run's frames (and so its pipeline)
+            self._drop_pipe(loaded)
+            strategy = leaner[0]
 
     def _model_record(self, loaded: LoadedModel) -> dict:
         return {"name": loaded.source.name, "sha256": loaded.sha256, "family": loaded.family.value,
@@ -349,14 +362,3 @@ def _pick_device(device: DeviceSpec | str | None) -> DeviceSpec:
             return spec
     found = ", ".join(spec.torch_device for spec in machine.devices)
     raise RequestError(f"device={device!r} is not available here; found: {found}")
-
-
-def _cap_device(spec: DeviceSpec, vram: int) -> DeviceSpec:
-    """Plan for `vram` bytes; on CUDA also cap the allocator, so going past the plan is a real OOM."""
-    if vram <= 0 or vram > spec.total_bytes:
-        raise RequestError(f"vram={vram} must be between 1 and the device's {spec.total_bytes} bytes")
-    if spec.kind in ("cuda", "rocm") and not spec.simulated:
-        import torch
-
-        torch.cuda.set_per_process_memory_fraction(vram / spec.total_bytes, spec.index)
-    return capped(spec, vram)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hayai.generation.encoding import prompt_kwargs
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import ProgressEvent
-from hayai.memory.apply import is_out_of_memory
+from hayai.memory.apply import is_out_of_memory, without_text_encoders
 from hayai.models.families import Family
 
 __all__ = ["pipeline_kwargs", "run_batch", "OutOfMemoryInPhase"]
@@ -104,7 +104,8 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
                 embeds = {k: v.to(target.device, target.dtype) if hasattr(v, "to") else v for k, v in embeds.items()}
             if cancel is not None:
                 cancel.check()
-            output = pipe(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type=output_type)
+            call = pipe if encode_on is None else without_text_encoders(pipe)  # (it would cast to theirs)
+            output = call(**{**kwargs, **embeds}, callback_on_step_end=on_step_end, output_type=output_type)
     except Exception as error:
         if is_out_of_memory(error):
             raise OutOfMemoryInPhase(phase[0], error) from error

@@ -15,7 +15,8 @@ from dataclasses import fields, is_dataclass
 
 from hayai.memory.strategies import VAE_TILE_PX, Strategy
 
-__all__ = ["apply_strategy", "is_out_of_memory", "free_memory", "split_denoiser_batch", "encode_device"]
+__all__ = ["apply_strategy", "is_out_of_memory", "free_memory", "split_denoiser_batch", "encode_device",
+           "without_text_encoders"]
 
 
 def _denoiser(pipe):
@@ -27,23 +28,37 @@ def _text_encoders(pipe):
 
 
 def apply_strategy(pipe, strategy: Strategy):
-    """Place `pipe` as `strategy` says. Returns the pipeline."""
+    """Place `pipe` as `strategy` says. Returns the pipeline.
+
+    Everything that changes bytes happens on the CPU first (dtype casts, fp8 storage), and each component
+    then moves straight to where the strategy keeps it, so the accelerator never holds more than the plan
+    says (no whole pipeline moved over and text encoders moved back).
+    """
     import torch
 
     dtype = getattr(torch, strategy.dtype)
     device = torch.device(strategy.device)
     placement = strategy.placement
-    if pipe.dtype != dtype:  # (diffusers warns on a same-dtype cast of models that keep fp32 modules)
-        pipe.to(dtype=dtype)
+    denoiser = _denoiser(pipe)
+    encoders = _text_encoders(pipe)
+    host_encoders = placement in ("te_offload", "te_cpu")
+    for module in _modules(pipe):
+        # half precision on a CPU is slow or unsupported: encoders that run there compute in fp32
+        wanted = torch.float32 if placement == "te_cpu" and any(module is e for e in encoders) else dtype
+        if module.dtype != wanted:  # (diffusers warns on a same-dtype cast of models that keep fp32 modules)
+            module.to(dtype=wanted)
+    if strategy.fp8_storage:  # on the CPU, so the denoiser is never on the device in the compute dtype
+        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if strategy.split_batch:  # before any offload hook, which keeps (and restores) the forward it found
+        split_denoiser_batch(denoiser)
     if placement in ("resident", "cpu"):
         pipe.to(device)
-    elif placement == "te_offload":
-        pipe.to(device)
-        _stream_layers(_text_encoders(pipe), device, dtype)
-    elif placement == "te_cpu":
-        pipe.to(device)
-        for encoder in _text_encoders(pipe):
-            encoder.to("cpu", torch.float32)  # half precision on a CPU is slow or unsupported
+    elif host_encoders:
+        if placement == "te_offload":
+            _stream_layers(encoders, device)
+        for module in _modules(pipe):
+            if not any(module is e for e in encoders):
+                module.to(device)
     elif placement == "model_offload":
         pipe.enable_model_cpu_offload(device=device)
     elif placement == "group_offload":
@@ -52,8 +67,6 @@ def apply_strategy(pipe, strategy: Strategy):
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         raise ValueError(f"strategy.placement={placement!r} is unknown")
-    if strategy.fp8_storage:
-        _denoiser(pipe).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     if strategy.vae_tiling:
         pipe.vae.enable_tiling()
         pipe.vae.enable_slicing()
@@ -62,17 +75,20 @@ def apply_strategy(pipe, strategy: Strategy):
             pipe.vae.tile_latent_min_size = VAE_TILE_PX // pipe.vae_scale_factor
     if strategy.attention_slicing and hasattr(pipe, "enable_attention_slicing") and getattr(pipe, "unet", None) is not None:
         pipe.enable_attention_slicing("auto")
-    if strategy.split_batch:
-        split_denoiser_batch(_denoiser(pipe))
     return pipe
 
 
-def _stream_layers(modules, device, dtype) -> None:
+def _modules(pipe) -> list:
+    import torch
+
+    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def _stream_layers(modules, device) -> None:
     """Keep `modules` in host RAM and stream them in layer by layer (prefetched on a CUDA stream)."""
     from diffusers.hooks import apply_group_offloading
 
     for module in modules:
-        module.to("cpu")
         apply_group_offloading(module, onload_device=device, offload_type="leaf_level", use_stream=device.type == "cuda")
 
 
@@ -96,6 +112,24 @@ def _group_offload(pipe, device) -> None:
 def encode_device(pipe, strategy: Strategy) -> str | None:
     """Where prompts must be encoded when the pipeline cannot do it itself (text encoders on the CPU)."""
     return "cpu" if strategy.placement == "te_cpu" else None
+
+
+def without_text_encoders(pipe):
+    """`pipe` without its text encoders (the same other components), for a call given its embeddings.
+
+    diffusers' SD1/SD2/SDXL pipelines cast given embeddings to their text encoder's dtype, and the latents
+    follow: with the encoders in fp32 on the CPU (`te_cpu`) and a half-precision denoiser, the denoiser
+    would get fp32 inputs. Without text encoders the pipeline takes the denoiser's dtype instead.
+    """
+    import inspect
+
+    # what diffusers' `from_pipe` passes, without its cast of every component (a no-op here, with a warning)
+    given = {**{k: v for k, v in pipe.config.items() if not k.startswith("_")}, **pipe.components}
+    given.update({name: None for name in ("text_encoder", "text_encoder_2", "text_encoder_3")})
+    parameters = inspect.signature(type(pipe).__init__).parameters
+    view = type(pipe)(**{name: given[name] for name in parameters if name in given})
+    view.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return view
 
 
 def split_denoiser_batch(module) -> None:

@@ -15,6 +15,11 @@ half-precision kernels are slow), latents and text embeddings cached (unless cap
 epochs or the text encoders train), 8-bit AdamW where bitsandbytes runs (CUDA), gradient checkpointing
 only if the rest does not fit, and the largest batch of 4, 2, 1 that fits (no more than a quarter of
 the training images). Whatever the config sets explicitly is kept as given.
+
+Before the first step the caches are made with the text encoders and the VAE (in float32) on the
+device, the denoiser still on the CPU, and the VAE encoding a chunk of images at once: the largest chunk of 8, 4, 2, 1 that fits is
+planned too (`caching_bytes`). The VAE encoder's activations are taken as those of its mirror, the
+decoder (`costs.vae_decode_activation_bytes`, not calibrated for encoding).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from hayai.hardware import GIB, DeviceSpec
 from hayai.memory import costs
 from hayai.memory.planner import safety_margin
 
-__all__ = ["CHECKPOINTED_FACTOR", "TRAIN_ACTIVATION_FACTOR", "TrainingPlan", "TrainingRequest", "plan_training",
-           "training_bytes"]
+__all__ = ["CACHE_CHUNKS", "CHECKPOINTED_FACTOR", "TRAIN_ACTIVATION_FACTOR", "TrainingPlan", "TrainingRequest",
+           "caching_bytes", "plan_training", "training_bytes"]
 
 # A training step's peak above the weights / the inference activation estimate: the slope between 256 and
 # 384 px of a real SD1.5 U-Net with LoRA on its attention, float32 on a CPU (measured 11.5 and 2.28:
@@ -37,6 +42,7 @@ TRAIN_ACTIVATION_FACTOR = 12.0
 CHECKPOINTED_FACTOR = 2.5
 LORA_BYTES_PER_PARAM = {"adamw": 16, "adamw8bit": 10}  # fp32 weight + fp32 grad + moments (2 x fp32, or 2 x 8-bit + scales)
 _BATCHES = (4, 2, 1)
+CACHE_CHUNKS = (8, 4, 2, 1)  # images the VAE encodes at once while caching latents
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,21 @@ class TrainingPlan:
     budget_bytes: int
     parts: dict  # bytes by what holds them
     reasons: tuple[str, ...]
+    cache_chunk: int = CACHE_CHUNKS[0]  # images the VAE encodes at once while caching
+    cache_peak_bytes: int = 0  # predicted device bytes while caching
 
     @property
     def fits(self) -> bool:
+        """Whether a training step is predicted to fit."""
         return self.peak_bytes <= self.budget_bytes
 
+    @property
+    def cache_fits(self) -> bool:
+        """Whether making the caches (before the first step) is predicted to fit."""
+        return self.cache_peak_bytes <= self.budget_bytes
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "fits": self.fits}
+        return {**asdict(self), "fits": self.fits, "cache_fits": self.cache_fits}
 
 
 def _dtype(precision: str) -> str:
@@ -96,6 +110,19 @@ def training_bytes(facts, request: TrainingRequest, *, precision: str, batch: in
     inference = costs.denoiser_activation_bytes(facts, request.width, request.height, batch, dtype, "sdpa")
     parts["activations"] = int(inference * (CHECKPOINTED_FACTOR if checkpointing else TRAIN_ACTIVATION_FACTOR))
     return parts
+
+
+def caching_bytes(facts, request: TrainingRequest, *, precision: str, chunk: int) -> dict[str, int]:
+    """Predicted device bytes while the caches are made: the text encoders and the VAE on the device (the
+    VAE in float32, as it encodes; the denoiser joins after), the LoRA's float32 weights (no optimizer
+    state yet), and the VAE encoding `chunk` images."""
+    dtype = _dtype(precision)
+    return {
+        "text_encoders": sum(costs.weight_bytes(e.params, dtype) for e in facts.by_role("text_encoder")),
+        "vae": costs.weight_bytes(facts.by_role("vae")[0].params, "float32"),
+        "lora": request.lora_params * 4,
+        "activations": costs.vae_decode_activation_bytes(facts, request.width, request.height, chunk, "float32"),
+    }
 
 
 def plan_training(facts, request: TrainingRequest, device: DeviceSpec, *, bitsandbytes: bool = False) -> TrainingPlan:
@@ -154,5 +181,19 @@ def plan_training(facts, request: TrainingRequest, device: DeviceSpec, *, bitsan
             reasons.append(f"batch {batch}: the largest of {', '.join(map(str, batches))} that fits")
     peak = sum(parts.values())
     reasons.append(f"predicted peak {gib(peak)} of {gib(budget)} available on {device.name}")
+    cache_chunk, cache_peak = _cache_chunk(facts, request, precision, budget)
+    reasons.append(f"caching: the VAE encodes {cache_chunk} image{'s' if cache_chunk > 1 else ''} at once "
+                   f"(predicted peak {gib(cache_peak)})" + ("" if cache_peak <= budget else
+                   f"; even one image is predicted to need more than the {gib(budget)} available: lower the resolution"))
     return TrainingPlan(device.torch_device, precision, _dtype(precision), batch, checkpointing, cache_latents, cache_text,
-                        optimizer, int(peak), int(budget), {k: int(v) for k, v in parts.items()}, tuple(reasons))
+                        optimizer, int(peak), int(budget), {k: int(v) for k, v in parts.items()}, tuple(reasons),
+                        cache_chunk, int(cache_peak))
+
+
+def _cache_chunk(facts, request: TrainingRequest, precision: str, budget: int) -> tuple[int, int]:
+    """The largest chunk of `CACHE_CHUNKS` whose caching peak fits (the smallest if none does), and that peak."""
+    for chunk in CACHE_CHUNKS:
+        peak = sum(caching_bytes(facts, request, precision=precision, chunk=chunk).values())
+        if peak <= budget:
+            return chunk, peak
+    return chunk, peak

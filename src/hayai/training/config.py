@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hayai.errors import RequestError
+from hayai.hardware import parse_size
 
 __all__ = [
     "DEFAULT_STEPS_RANGE",
@@ -93,6 +94,8 @@ class TrainConfig:
     caption_dropout: float = _f(0.0, "probability of training an image with an empty caption (the LoRA also learns unconditioned)")
     # -- memory and speed ------------------------------------------------------------------------
     device: str | None = _f(None, "cpu, cuda or mps; None: the best one here")
+    vram: str | None = _f(None, "plan for this much device memory, e.g. 8GB (on CUDA the allocator is capped to it, so "
+                                "the plan is tested as on a card that size); None: the whole device")
     mixed_precision: str | None = _f(None, "no, fp16 or bf16 (base weights stored in it, LoRA in fp32); None: bf16 on GPUs that "
                                            "have it, else fp16; fp32 on the CPU")
     gradient_checkpointing: bool | None = _f(None, "recompute activations in the backward pass (less memory, ~30% slower); "
@@ -239,6 +242,8 @@ def _check(c: TrainConfig) -> None:
     need(0 <= c.caption_dropout < 1, "caption_dropout", "must be at least 0 and below 1")
     need(c.device is None or c.device in ("cpu", "cuda", "mps") or c.device.startswith("cuda:"), "device",
          "must be cpu, cuda, cuda:N or mps")
+    if c.vram is not None:
+        parse_size(c.vram)
     need(c.mixed_precision is None or c.mixed_precision in MIXED_PRECISION, "mixed_precision",
          f"must be one of {', '.join(MIXED_PRECISION)}")
     for name in ("validation_every", "checkpoint_every"):

@@ -34,6 +34,7 @@ import torch
 from hayai.dataset import load_manifest
 from hayai.dataset.prepare import MANIFEST
 from hayai.errors import RequestError
+from hayai.hardware import cap_memory, parse_size
 from hayai.models.families import Family
 from hayai.training import checkpoint as ckpt
 from hayai.training.config import TrainConfig
@@ -61,7 +62,7 @@ __all__ = ["TrainEvent", "TrainResult", "TrainingDiverged", "train_lora"]
 
 # what a resumed run may change: how it is watched and saved, where it runs, and how long it runs
 _RESUME_FREE = {"steps", "epochs", "validation_every", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_prompts",
-                "sample_seeds", "sample_steps", "sample_cfg", "save_formats", "overwrite", "output_dir", "device", "dataset"}
+                "sample_seeds", "sample_steps", "sample_cfg", "save_formats", "overwrite", "output_dir", "device", "vram", "dataset"}
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _prepare_model(pipe, config: TrainConfig, family: Family, device: torch.devi
             module.requires_grad_(False)
             module.eval()
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    denoiser.to(device, weight_dtype)
+    denoiser.to(weight_dtype)  # on the device after the caches are made (which do not need it)
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         encoder = getattr(pipe, name, None)
         if encoder is not None:
@@ -273,7 +274,7 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
         if finding["level"] != "info":
             emit(TrainEvent("prepare", 0, 0, message=f"{finding['level']}: {finding['message']}"))
     # 4. the plan and the resolved config
-    device_info = device_spec(config.device, processes)
+    device_info = cap_memory(device_spec(config.device, processes), parse_size(config.vram) if config.vram else None)
     lora_params = LoraNetwork.for_pipeline(pipe, family, rank=config.rank, alpha=config.alpha or config.rank,
                                            target_modules=config.target_modules,
                                            text_encoders=config.train_text_encoder).num_parameters()
@@ -297,14 +298,15 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
     # 6. caches
     with timer.phase("cache"):
         emit(TrainEvent("cache", run.step, config.steps, message="encoding images and captions"))
-        session.validation_latents = cache_latents(pipe.vae, validation, config.seed, device)
+        session.validation_latents = cache_latents(pipe.vae, validation, config.seed, device, plan.cache_chunk)
         if config.cache_latents:
-            session.latents = cache_latents(pipe.vae, train, config.seed, device)
+            session.latents = cache_latents(pipe.vae, train, config.seed, device, plan.cache_chunk)
         captions = [e.caption for e in train] + ([""] if config.caption_dropout > 0 else []) if config.cache_text_embeddings else []
         if not config.train_text_encoder:  # validation captions never change: cached whenever the encoders are frozen
             captions += [e.caption for e in validation]
         session.text = cache_text(pipe, family, captions, device) if captions else {}
         session.offload_idle()
+        session.denoiser.to(device)
 
     if processes.main:
         run.run_id = store.start_run("train_lora", request=config.to_dict(), model=source.name, model_hash=model_hash,

@@ -185,7 +185,8 @@ class Run:
         s, config = self.s, self.s.config
         s.network.train(False)
         try:
-            with s.whole_pipeline() as pipe:
+            # under the training's autocast: the VAE stays in float32 (for encoding) while latents are half
+            with s.whole_pipeline() as pipe, s.autocast():
                 grid = sample_grid(pipe, s.family, list(config.sample_prompts), list(config.sample_seeds),
                                    steps=config.sample_steps, cfg=config.sample_cfg, width=config.resolution,
                                    height=config.resolution, caption=f"{config.output_name}, step {self.step}")

@@ -214,8 +214,8 @@ def encode_latents(vae, examples: list[Example], seed: int, device, batch: int =
     return out
 
 
-def cache_latents(vae, examples: list[Example], seed: int, device) -> dict[int, torch.Tensor]:
-    return dict(zip((e.index for e in examples), encode_latents(vae, examples, seed, device)))
+def cache_latents(vae, examples: list[Example], seed: int, device, batch: int = 8) -> dict[int, torch.Tensor]:
+    return dict(zip((e.index for e in examples), encode_latents(vae, examples, seed, device, batch)))
 
 
 def cache_text(pipe, family: Family, captions: list[str], device, batch: int = 16) -> dict[str, dict]:
