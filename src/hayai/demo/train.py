@@ -456,7 +456,9 @@ def _export(config, pipe, state, work, elapsed) -> Path:
         "(hayai.demo.shapes): one circle, square or triangle in one of 7 colours, 2 sizes and 5 places, "
         "on a white, black or grey background, 64x64.",
         "prompt_example": "a small red circle at the top left on a white background",
-        "recommended": {"steps": 20, "cfg_scale": 7.0, "sampler": "DPM++ 2M", "schedule_type": "Karras", "width": 64, "height": 64},
+        # what the engine uses when a request leaves them unset; CFG 2 measured best on the shipped model
+        # (benchmarks/results/demo_model_adherence_curve_cpu.json); "adherence" records its own settings
+        "recommended": {"steps": 20, "cfg_scale": 2.0, "sampler": "DPM++ 2M", "schedule_type": "Karras", "width": 64, "height": 64},
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_encoder")},
         "training": {
             "command": "python scripts/train_demo_model.py",

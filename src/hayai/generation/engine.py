@@ -34,6 +34,7 @@ from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_ou
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
+from hayai.models.card import recommended_settings
 from hayai.models.catalog import Catalog, is_placeholder, source_hash
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
@@ -221,10 +222,11 @@ class Engine:
         source = self.catalog.resolve(request.model, allow_pickle=self.allow_pickle, config=request.model_config)
         request, input_size = kind.prepare(request, source.family)
         # everything the model's family decides is checked before a load (64 px stands in for a native size)
-        kind.check(request.resolve(source.family, input_size or (64, 64)), source.family)
+        recommended = recommended_settings(source)
+        kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)
         with timer.phase("load"):
             loaded = self.load(request.model, model_config=request.model_config, progress=emit)
-        resolved = request.resolve(loaded.family, input_size or loaded.native_size)
+        resolved = request.resolve(loaded.family, input_size or loaded.native_size, recommended=recommended)
         kind.check(resolved, loaded.family)
         requested_loras = [LoraSpec.parse(text) for text in resolved.loras]
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras

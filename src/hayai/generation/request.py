@@ -31,6 +31,8 @@ __all__ = ["GenerationRequest", "IMAGE_FORMATS", "MAX_SEED"]
 IMAGE_FORMATS = ("png", "jpg", "webp")
 MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit
 MAX_SIDE = 8192
+DEFAULT_STEPS = 20  # A1111's UI default (its API's is 50)
+DEFAULT_CFG = 7.0
 DEFAULT_FILENAME_PATTERN = "{index:05d}-{seed}"
 
 
@@ -40,10 +42,10 @@ class GenerationRequest:
     negative_prompt: str = ""
     model: str | None = None  # catalog name, path, or hub id; None: the default model
     model_config: str | None = None  # single-file checkpoints: a diffusers folder with the component configs
-    steps: int = 20
-    cfg_scale: float = 7.0
-    sampler: str | None = None  # A1111 name; None: the family's default ("DPM++ 2M", or "Euler" for flow models)
-    schedule_type: str = "Automatic"  # A1111 schedule type; "Automatic" = the sampler's own
+    steps: int | None = None  # None: the model card's recommendation, else 20
+    cfg_scale: float | None = None  # None: the model card's recommendation, else 7
+    sampler: str | None = None  # A1111 name; None: the model card's, else the family's ("DPM++ 2M"; flow models "Euler")
+    schedule_type: str = "Automatic"  # A1111 schedule type; "Automatic" = the sampler's own (or the card's)
     width: int | None = None  # None: the model's native size (img2img: the input image's)
     height: int | None = None
     seed: int = -1  # -1 draws a random seed; image i of the run gets seed + i (as A1111)
@@ -153,16 +155,28 @@ class GenerationRequest:
             return [(width, height), fit(width * self.hr_scale, height * self.hr_scale)]
         return [(width, height)]
 
-    def resolve(self, family: Family, native_size: tuple[int, int], rng: random.Random | None = None) -> GenerationRequest:
+    def resolve(self, family: Family, native_size: tuple[int, int], rng: random.Random | None = None,
+                recommended: dict | None = None) -> GenerationRequest:
         """Check the request against the model's family and fill what depends on it.
 
         `native_size` is the size used when none was asked for: the model's own (width, height), or
-        for image-to-image the input image's (see `hayai.generation.kinds`).
+        for image-to-image the input image's (see `hayai.generation.kinds`). `recommended` (the model
+        card's, `hayai.models.card`) fills steps, CFG and sampler left unset; its schedule type comes
+        with its sampler only.
         """
         info = FAMILY_INFO[family]
-        sampler = self.sampler or default_sampler(info.flow_matching)
+        card = recommended or {}
+        steps = self.steps if self.steps is not None else card.get("steps", DEFAULT_STEPS)
+        cfg_scale = self.cfg_scale if self.cfg_scale is not None else float(card.get("cfg_scale", DEFAULT_CFG))
+        schedule_type = self.schedule_type
+        if self.sampler is None and "sampler" in card:
+            sampler = card["sampler"]
+            if schedule_type == "Automatic":
+                schedule_type = card.get("schedule_type", schedule_type)
+        else:
+            sampler = self.sampler or default_sampler(info.flow_matching)
         check_sampler(sampler, info.flow_matching)
-        schedule = resolve_schedule_type(sampler, self.schedule_type, info.flow_matching)
+        schedule = resolve_schedule_type(sampler, schedule_type, info.flow_matching)
         if self.hr_sampler is not None:
             check_sampler(split_legacy_sampler_name(self.hr_sampler)[0], info.flow_matching)
         if self.progressive and self.width is None and self.height is None:
@@ -183,7 +197,8 @@ class GenerationRequest:
             raise RequestError(f"clip_skip={self.clip_skip} does not apply to {family.value} models; leave it at 1")
         seed = self.seed if self.seed >= 0 else (rng or random.SystemRandom()).randint(0, MAX_SEED)
         return dataclasses.replace(
-            self, sampler=sampler, schedule_type=schedule, width=width, height=height, seed=seed
+            self, steps=steps, cfg_scale=cfg_scale, sampler=sampler, schedule_type=schedule, width=width, height=height,
+            seed=seed,
         )
 
     # -- serialisation ---------------------------------------------------------------------------

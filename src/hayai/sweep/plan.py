@@ -45,7 +45,8 @@ class Cell:
         """Relative cost, for the ETA: denoiser passes x pixels (CFG above 1 doubles the passes)."""
         r = self.request
         pixels = (r.width or 512) * (r.height or 512) / 512**2
-        return r.steps * r.total_images * pixels * (2 if r.cfg_scale > 1 else 1)
+        steps = r.steps or 20  # unset: the model's recommendation, about this
+        return steps * r.total_images * pixels * (2 if (r.cfg_scale is None or r.cfg_scale > 1) else 1)
 
     def to_dict(self) -> dict:
         return {"ix": self.ix, "iy": self.iy, "iz": self.iz, "request": self.request.to_dict(),
