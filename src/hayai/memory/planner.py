@@ -189,30 +189,37 @@ def estimate(facts, request: PlanRequest, device: DeviceSpec, strategy: Strategy
     encode = costs.compute_seconds(encode_flops, tflops, eff)
     transfer = 0.0
     link = device.link_gbps
+    # streamed text encoders cross the link once per prompt encoded (the negative prompt too, with CFG)
+    streamed_te = sum(te_bytes) * (2 if request.guidance else 1)
     if placement == "te_cpu":
         encode = costs.compute_seconds(encode_flops, device.host_tflops, EFFICIENCY["cpu"])
     elif placement == "te_offload":
-        transfer = costs.transfer_seconds(sum(te_bytes), link)  # every run streams the encoders in once
+        transfer = costs.transfer_seconds(streamed_te, link)
     elif placement == "model_offload":
         transfer = costs.transfer_seconds(2 * (sum(te_bytes) + den_bytes + vae_bytes), link)  # in and out, per run
     elif placement == "group_offload":
         per_step = costs.transfer_seconds(den_bytes, link)
         step = max(step, per_step) * GROUP_OVERLAP_OVERHEAD
-        transfer = costs.transfer_seconds(sum(te_bytes) + vae_bytes, link)
+        transfer = costs.transfer_seconds(streamed_te + vae_bytes, link)
     elif placement == "sequential_offload":
         step += costs.transfer_seconds(den_bytes, link * SEQUENTIAL_LINK_EFFICIENCY)
-        transfer = costs.transfer_seconds(sum(te_bytes) + vae_bytes, link * SEQUENTIAL_LINK_EFFICIENCY)
+        transfer = costs.transfer_seconds(streamed_te + vae_bytes, link * SEQUENTIAL_LINK_EFFICIENCY)
     phase_seconds = {"text_encode": encode, "denoise": step * request.steps, "vae_decode": decode, "transfer": transfer}
 
     peak = max(phases.values())
+    # group offloading with CUDA streams keeps a pinned copy of every weight it streams beside the original
+    # (diffusers ModuleGroup._init_cpu_param_dict) until the first onload swaps them: 2x at construction
+    streams = device.kind in ("cuda", "rocm")
     if placement == "resident":
         host = 0
     elif placement == "te_cpu":
         host = sum(wb(e.params, "float32") for e in encoders)  # encoded in fp32 on the CPU
     elif placement == "te_offload":
-        host = sum(te_bytes)
+        host = sum(te_bytes) * (2 if streams else 1)
     elif on_host:
         host = peak
+    elif placement == "group_offload" and streams:
+        host = 2 * (sum(te_bytes) + den_bytes + vae_bytes)
     else:
         host = sum(te_bytes) + den_bytes + vae_bytes
     host_ok = host <= 0.8 * device.host_ram_bytes  # leave the OS and the rest of the process a fifth
