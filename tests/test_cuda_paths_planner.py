@@ -63,3 +63,26 @@ def test_text_encoder_checkpointing_is_not_reentrant(monkeypatch):
     _prepare_model(pipe, config, Family.SD1, torch.device("cpu"), torch.float32)
     # transformers < 5 checkpoints reentrantly by default: no gradient reaches the LoRA through frozen inputs
     assert asked == [{"gradient_checkpointing_kwargs": {"use_reentrant": False}}]
+
+
+def test_one_time_model_per_architecture_kind_loadable_from_a_calibration(tmp_path, monkeypatch):
+    from hayai.memory.planner import plan
+
+    facts = {name: facts_for_architecture(name) for name in ("sd15", "sd35m")}
+    h200 = parse_device_spec("H200 141GB")
+    assert not costs.time_model()["calibrated"]  # no GPU has measured it yet
+    fitted = tmp_path / "time_model.json"
+    fitted.write_text('{"efficiency": {"datacenter": {"unet": 0.4, "mmdit": 0.5}}, "launch_seconds": {"datacenter": 1e-5},'
+                      ' "launches_per_step": {"unet": 1500}, "calibrated": true}')
+    monkeypatch.setattr(costs, "CALIBRATION_FILE", fitted)
+    costs.time_model.cache_clear()
+    try:
+        assert costs.time_model()["calibrated"] and costs.time_model()["efficiency"]["gpu"]["unet"] == 0.30  # kept
+        for name, e, launches in (("sd15", 0.4, 1500 * 1e-5), ("sd35m", 0.5, 0.0)):
+            request = PlanRequest(512, 512, steps=10)
+            chosen = plan(facts[name], request, h200).chosen
+            flops = costs.denoiser_flops(facts[name], 512, 512, 2)
+            assert chosen.strategy.placement == "resident"
+            assert chosen.phase_seconds["denoise"] == pytest.approx(10 * (flops / (h200.tflops * 1e12 * e) + launches))
+    finally:
+        costs.time_model.cache_clear()
