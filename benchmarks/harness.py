@@ -146,7 +146,10 @@ class DiffusersSide(Side):
         import torch
 
         s = self.scenario
-        dtype = torch.float16 if s.device == "cuda" else torch.float32
+        # the dtype hayai loads in on this device (bf16 where the card has it), so both sides run the same math
+        from hayai.generation.engine import Engine
+
+        dtype = getattr(torch, Engine(device=s.device).load_dtype)
         if self.model_ref.startswith("arch:"):
             from hayai.models.architectures import build_architecture
 

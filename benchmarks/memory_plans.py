@@ -6,7 +6,13 @@ every strategy, and record the planner's prediction next to the CUDA allocator's
 wall time (or the OOM). On a CPU: the same for the tiny pipelines and the CPU strategies, with the
 process's peak resident memory above the loaded baseline as the measurement.
 
-    python benchmarks/memory_plans.py [--steps 20] [--archs sd15,sdxl,sd35m] [--caps 4,8,12] [--out FILE]
+    python benchmarks/memory_plans.py [--steps 4] [--archs sd15,sdxl,sd35m] [--caps 4,8,12] [--all-variants]
+                                      [--deadline 120] [--out FILE]
+
+By default only each placement's plain variant runs (not its VAE-tiling and split variants, which change
+only the decode and the batch), 4 steps (enough for s/step), and a scenario stops starting strategies
+after --deadline seconds (the rest are recorded as skipped): every strategy of every scenario would take
+hours on one card.
 
 Prints JSON; writes it to benchmarks/results/<machine>.memory_plans.json unless --out says otherwise.
 Targets (issue #3): predicted peak within 15% of measured; the chosen plan no slower than 1.1x the
@@ -29,7 +35,7 @@ from hayai.generation.execute import run_batch
 from hayai.generation.request import GenerationRequest
 from hayai.generation.timing import PhaseTimer
 from hayai.hardware import GIB, capped, probe
-from hayai.memory.apply import apply_strategy, is_out_of_memory
+from hayai.memory.apply import apply_strategy, encode_device, is_out_of_memory
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import PlanRequest, estimate, plan, safety_margin
 from hayai.memory.strategies import candidates
@@ -65,7 +71,7 @@ def _measure(build, family, strategy, request: GenerationRequest, cuda: bool) ->
         timer = PhaseTimer(sync=torch.cuda.synchronize if cuda else None)
         start = timer.now()
         run_batch(pipe, family, request, request.seeds(), timer=timer, emit=lambda e: None, batch=0,
-                  total_steps=request.steps)
+                  total_steps=request.steps, encode_on=encode_device(pipe, strategy))
         seconds = timer.now() - start
         peak = torch.cuda.max_memory_allocated() if cuda else _rss_peak() - baseline
         return {"outcome": "ok", "peak_bytes": int(peak), "seconds": round(seconds, 3)}
@@ -80,7 +86,7 @@ def _measure(build, family, strategy, request: GenerationRequest, cuda: bool) ->
             torch.cuda.empty_cache()
 
 
-def _scenario(name, build, family, side, steps, device, cuda) -> dict:
+def _scenario(name, build, family, side, steps, device, cuda, *, all_variants=False, deadline=None) -> dict:
     probe_pipe = build()
     facts = facts_from_pipeline(probe_pipe, family)
     del probe_pipe
@@ -90,9 +96,15 @@ def _scenario(name, build, family, side, steps, device, cuda) -> dict:
                                 sampler="Euler" if family is not Family.SD3 else "Euler").resolve(family, (side, side))
     budget = device.free_bytes - safety_margin(device)
     rows = []
+    started = time.monotonic()
     for strategy in candidates(device):
+        if not all_variants and (strategy.vae_tiling or strategy.split_batch) and strategy != the_plan.strategy:
+            continue
         predicted = estimate(facts, shape, device, strategy, budget)
-        measured = _measure(build, family, strategy, request, cuda)
+        if deadline is not None and time.monotonic() - started > deadline:
+            measured = {"outcome": "skipped: deadline", "peak_bytes": None, "seconds": None}
+        else:
+            measured = _measure(build, family, strategy, request, cuda)
         error = None
         if measured["peak_bytes"]:
             error = round(predicted.peak_bytes / measured["peak_bytes"] - 1, 3)
@@ -111,7 +123,9 @@ def _scenario(name, build, family, side, steps, device, cuda) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--all-variants", action="store_true", help="also every VAE-tiling and split variant")
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds per scenario before the rest is skipped")
     parser.add_argument("--archs", default="sd15,sdxl,sd35m")
     parser.add_argument("--caps", default="4,8,12", help="VRAM caps in GiB (CUDA only)")
     parser.add_argument("--out", type=Path)
@@ -130,7 +144,8 @@ def main() -> None:
             for cap in (float(c) for c in args.caps.split(",")):
                 device = capped(machine.best, int(cap * GIB))
                 torch.cuda.set_per_process_memory_fraction(cap * GIB / machine.best.total_bytes)
-                scenarios.append(_scenario(f"{arch}@{side} cap {cap:g}GiB", build, family, side, args.steps, device, True))
+                scenarios.append(_scenario(f"{arch}@{side} cap {cap:g}GiB", build, family, side, args.steps, device, True,
+                                           all_variants=args.all_variants, deadline=args.deadline))
             torch.cuda.set_per_process_memory_fraction(1.0)
     else:
         from hayai.models.tiny import build_tiny_pipeline
@@ -138,7 +153,7 @@ def main() -> None:
         for family in (Family.SD1, Family.SDXL, Family.SD3):
             build = lambda family=family: build_tiny_pipeline(family)  # noqa: E731
             scenarios.append(_scenario(f"tiny-{family.value}@256", build, family, 256, min(args.steps, 4),
-                                       machine.cpu, False))
+                                       machine.cpu, False, all_variants=args.all_variants, deadline=args.deadline))
     report = {"machine": machine.best.describe(), "torch": torch.__version__, "python": platform.python_version(),
               "when": time.strftime("%Y-%m-%d"), "scenarios": scenarios}
     text = json.dumps(report, indent=2)

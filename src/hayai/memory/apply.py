@@ -179,7 +179,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     """CUDA/ROCm/MPS/CPU allocation failures, which PyTorch raises under different types and words."""
     import torch
 
-    if isinstance(error, torch.OutOfMemoryError):
+    # torch.OutOfMemoryError is torch >= 2.5's name; torch.cuda.OutOfMemoryError (the same class) is older
+    if isinstance(error, getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError):
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -12,7 +12,10 @@
   (`benchmarks/calibrate_activations.py`, figures in `benchmarks/results/activation_calibration_cpu.json`).
   "sdpa" attention (flash / memory-efficient kernels) never holds the N x N scores; "math" attention
   (the classic AttnProcessor, or SDPA's math backend) holds scores and probabilities at once.
-- Time: FLOPs / (peak x efficiency) and bytes / link bandwidth.
+- Time: one model, `step = FLOPs / (peak x e[device class][architecture kind]) + launches x t_launch`
+  (`TIME_MODEL`, `step_seconds`), and bytes / link bandwidth. Its constants are not yet calibrated on a
+  GPU; `benchmarks/gpu_check` measures what fits them, and a fitted `benchmarks/results/time_model.json`
+  replaces them when present.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from functools import lru_cache
+from pathlib import Path
 
 __all__ = [
-    "ATTENTION_KINDS", "CLIP_TOKENS", "T5_TOKENS", "DTYPE_BYTES", "EAGER_EFFICIENCY", "dtype_bytes", "weight_bytes", "latent_size",
+    "ATTENTION_KINDS", "CLIP_TOKENS", "T5_TOKENS", "DTYPE_BYTES", "TIME_MODEL", "time_model", "architecture_kind",
+    "efficiency", "step_seconds", "dtype_bytes", "weight_bytes", "latent_size",
     "denoiser_flops", "vae_decode_flops", "flop_counts", "remember_flop_counts", "text_encode_flops", "vae_tiles", "denoiser_activation_bytes",
     "vae_decode_activation_bytes", "text_encode_activation_bytes", "transfer_seconds", "compute_seconds",
 ]
@@ -42,15 +47,24 @@ VAE_FACTOR = 1.08  # sd15 VAE decoder, 256-384 px, batch 1
 SCORES_FACTOR = 1.11  # on the math-attention term (2 x heads x N^2: scores and probabilities at once)
 TEXT_FACTOR = 1.5  # not calibrated (text activations are < 1% of the text encoders' weights): a margin
 
-# Fraction of the dense bf16 peak that eager PyTorch reaches on a denoiser step. REFERENCE.md §7 (it/s at batch 1,
-# with CFG: 2 images per step) over the FLOPs counted here by denoiser_flops, against the H100/H800 SXM dense
-# bf16 peak of 989 TFLOP/s:
+# The time model: step = FLOPs / (peak x efficiency) + launches x launch_seconds, with the efficiency by device
+# class ("cpu", "datacenter" GPUs, consumer "gpu"s) and architecture kind ("unet", "mmdit"). NOT YET CALIBRATED
+# ON A GPU. Where the figures come from (REFERENCE.md §7: it/s at batch 1 with CFG, over the FLOPs counted here,
+# against the H100/H800 SXM dense bf16 peak of 989 TFLOP/s):
 #   SD1.5 @512 (H100):       1.607 TFLOP x 54.5 it/s =  87.6 TFLOP/s ->  8.9%  (launch-bound: small kernels)
 #   SDXL @1024 (H100):      13.52  TFLOP x 14.9 it/s = 201.5 TFLOP/s -> 20.4%
 #   SD3-medium @1024 (H800): 17.81 TFLOP x 15.1 it/s = 268.9 TFLOP/s -> 27.2%  (2B MMDiT: few, large GEMMs)
-# (SD3-medium counted like sd35m: 24 layers, no dual attention, 333 text tokens.) The default is SDXL's figure,
-# the middle one; small models at small sizes reach less, large transformers more.
-EAGER_EFFICIENCY = 0.20
+# With no launch term fitted yet, the UNet figure (0.18) folds SD1.5's launch overhead in; consumer cards run
+# closer to their (lower) peak, 0.3 until measured; the CPU's 0.5 is what the 2-core CPU calibration gives.
+# A fit from measured sizes (benchmarks/gpu_check.py) goes in benchmarks/results/time_model.json, same keys.
+TIME_MODEL: dict = {
+    "efficiency": {"cpu": {"unet": 0.5, "mmdit": 0.5}, "datacenter": {"unet": 0.18, "mmdit": 0.27},
+                   "gpu": {"unet": 0.30, "mmdit": 0.30}},
+    "launch_seconds": {"cpu": 0.0, "datacenter": 0.0, "gpu": 0.0},  # per kernel launch; 0 until fitted
+    "launches_per_step": {"unet": 0, "mmdit": 0},  # kernel launches of one denoiser forward; 0 until fitted
+    "calibrated": False,
+}
+CALIBRATION_FILE = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "time_model.json"
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -392,7 +406,33 @@ def transfer_seconds(nbytes: float, link_gbps: float) -> float:
     return float(nbytes) / (link_gbps * 1e9)
 
 
-def compute_seconds(flops: float, device_tflops: float, efficiency: float = EAGER_EFFICIENCY) -> float:
+@lru_cache(maxsize=1)
+def time_model() -> dict:
+    """`TIME_MODEL`, with what a calibration file fitted on a GPU replaces (read once, when first needed)."""
+    if not CALIBRATION_FILE.is_file():
+        return TIME_MODEL
+    fitted = json.loads(CALIBRATION_FILE.read_text())
+    return {key: ({**value, **fitted.get(key, {})} if isinstance(value, dict) else fitted.get(key, value))
+            for key, value in TIME_MODEL.items()}
+
+
+def architecture_kind(facts) -> str:
+    """"unet" or "mmdit": the kinds whose kernels differ enough to reach different shares of the peak."""
+    return "mmdit" if facts.denoiser_class == "SD3Transformer2DModel" else "unet"
+
+
+def efficiency(device_class: str, kind: str) -> float:
+    return time_model()["efficiency"][device_class][kind]
+
+
+def step_seconds(flops: float, device_tflops: float, device_class: str, kind: str) -> float:
+    """Seconds of one denoiser forward of `flops`: compute at the class's share of the peak, plus launches."""
+    model = time_model()
+    launches = model["launches_per_step"][kind] * model["launch_seconds"][device_class]
+    return compute_seconds(flops, device_tflops, efficiency(device_class, kind)) + launches
+
+
+def compute_seconds(flops: float, device_tflops: float, efficiency: float) -> float:
     """Seconds for `flops` on a device of `device_tflops` dense peak reaching `efficiency` of it."""
     if device_tflops <= 0:
         raise ValueError(f"device_tflops={device_tflops} must be positive")

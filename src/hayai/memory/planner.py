@@ -23,13 +23,9 @@ from hayai.hardware import GIB, DeviceSpec
 from hayai.memory import costs
 from hayai.memory.strategies import VAE_TILE_PX, Strategy, candidates
 
-__all__ = ["PlanRequest", "Estimate", "Plan", "plan", "plan_keeping_counts", "estimate", "safety_margin", "EFFICIENCY"]
+__all__ = ["PlanRequest", "Estimate", "Plan", "plan", "plan_keeping_counts", "estimate", "safety_margin"]
 
-# Fraction of dense peak that eager PyTorch reaches on diffusion denoisers. REFERENCE.md §7: SDXL @1024
-# on an H100 runs 14.9 it/s at ~12 TFLOP/step = 179 TFLOP/s of 989 (18%); SD1.5 @512 54.5 it/s x 1.4 =
-# 76 TFLOP/s (8%, launch-bound at that size). Consumer cards run closer to their (lower) peak; 0.3 is
-# our working figure for them until a lent GPU calibrates it (benchmarks/memory_plans.py).
-EFFICIENCY = {"datacenter": 0.18, "gpu": 0.30, "cpu": 0.5}
+# Seconds come from the time model of `costs` (TIME_MODEL: per device class and architecture kind).
 _DATACENTER = ("h100", "h200", "h800", "a100", "b200")
 # A split batch runs the same FLOPs in smaller launches: a few percent slower on a busy GPU.
 SPLIT_PENALTY = 1.08
@@ -104,10 +100,11 @@ def safety_margin(device: DeviceSpec) -> int:
     return max(256 * 1024**2, int(0.05 * device.total_bytes))
 
 
-def _efficiency(device: DeviceSpec) -> float:
+def _device_class(device: DeviceSpec) -> str:
+    """The time model's class: "cpu", "datacenter" (H100-class, far from their peak in eager mode) or "gpu"."""
     if not device.accelerator:
-        return EFFICIENCY["cpu"]
-    return EFFICIENCY["datacenter"] if any(k in device.name.lower() for k in _DATACENTER) else EFFICIENCY["gpu"]
+        return "cpu"
+    return "datacenter" if any(k in device.name.lower() for k in _DATACENTER) else "gpu"
 
 
 def _vae_dtype(facts, dtype: str) -> str:
@@ -174,9 +171,11 @@ def estimate(facts, request: PlanRequest, device: DeviceSpec, strategy: Strategy
     # -- time ------------------------------------------------------------------------------------
     on_host = placement == "cpu"  # the CPU strategy computes on the host whatever the device
     tflops = device.host_tflops if on_host and device.accelerator else device.tflops
-    eff = EFFICIENCY["cpu"] if on_host else _efficiency(device)
+    device_class = "cpu" if on_host else _device_class(device)
+    kind = costs.architecture_kind(facts)
+    eff = costs.efficiency(device_class, kind)
     flops_step = costs.denoiser_flops(facts, request.width, request.height, batch)
-    step = costs.compute_seconds(flops_step, tflops, eff)
+    step = costs.step_seconds(flops_step, tflops, device_class, kind)
     if strategy.split_batch and batch > 1:
         step *= SPLIT_PENALTY
     if strategy.fp8_storage:
@@ -189,30 +188,37 @@ def estimate(facts, request: PlanRequest, device: DeviceSpec, strategy: Strategy
     encode = costs.compute_seconds(encode_flops, tflops, eff)
     transfer = 0.0
     link = device.link_gbps
+    # streamed text encoders cross the link once per prompt encoded (the negative prompt too, with CFG)
+    streamed_te = sum(te_bytes) * (2 if request.guidance else 1)
     if placement == "te_cpu":
-        encode = costs.compute_seconds(encode_flops, device.host_tflops, EFFICIENCY["cpu"])
+        encode = costs.compute_seconds(encode_flops, device.host_tflops, costs.efficiency("cpu", kind))
     elif placement == "te_offload":
-        transfer = costs.transfer_seconds(sum(te_bytes), link)  # every run streams the encoders in once
+        transfer = costs.transfer_seconds(streamed_te, link)
     elif placement == "model_offload":
         transfer = costs.transfer_seconds(2 * (sum(te_bytes) + den_bytes + vae_bytes), link)  # in and out, per run
     elif placement == "group_offload":
         per_step = costs.transfer_seconds(den_bytes, link)
         step = max(step, per_step) * GROUP_OVERLAP_OVERHEAD
-        transfer = costs.transfer_seconds(sum(te_bytes) + vae_bytes, link)
+        transfer = costs.transfer_seconds(streamed_te + vae_bytes, link)
     elif placement == "sequential_offload":
         step += costs.transfer_seconds(den_bytes, link * SEQUENTIAL_LINK_EFFICIENCY)
-        transfer = costs.transfer_seconds(sum(te_bytes) + vae_bytes, link * SEQUENTIAL_LINK_EFFICIENCY)
+        transfer = costs.transfer_seconds(streamed_te + vae_bytes, link * SEQUENTIAL_LINK_EFFICIENCY)
     phase_seconds = {"text_encode": encode, "denoise": step * request.steps, "vae_decode": decode, "transfer": transfer}
 
     peak = max(phases.values())
+    # group offloading with CUDA streams keeps a pinned copy of every weight it streams beside the original
+    # (diffusers ModuleGroup._init_cpu_param_dict) until the first onload swaps them: 2x at construction
+    streams = device.kind in ("cuda", "rocm")
     if placement == "resident":
         host = 0
     elif placement == "te_cpu":
         host = sum(wb(e.params, "float32") for e in encoders)  # encoded in fp32 on the CPU
     elif placement == "te_offload":
-        host = sum(te_bytes)
+        host = sum(te_bytes) * (2 if streams else 1)
     elif on_host:
         host = peak
+    elif placement == "group_offload" and streams:
+        host = 2 * (sum(te_bytes) + den_bytes + vae_bytes)
     else:
         host = sum(te_bytes) + den_bytes + vae_bytes
     host_ok = host <= 0.8 * device.host_ram_bytes  # leave the OS and the rest of the process a fifth

@@ -195,7 +195,9 @@ def _prepare_model(pipe, config: TrainConfig, family: Family, device: torch.devi
             for name in ("text_encoder", "text_encoder_2"):
                 encoder = getattr(pipe, name, None)
                 if encoder is not None:
-                    encoder.gradient_checkpointing_enable()
+                    # reentrant checkpointing (transformers < 5's default) passes no gradient to the LoRA
+                    # when the layer's input (frozen embeddings) does not require one
+                    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                     encoder.train()  # transformers checkpoints only in training mode (CLIP has no dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
