@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Engine",
     "GenerationRequest",
+    "RunOptions",
+    "CancelToken",
     "GenerationResult",
     "GeneratedImage",
     "Family",
@@ -41,6 +43,8 @@ _EXPORTS = {
     "GenerationResult": "hayai.generation.engine",
     "GeneratedImage": "hayai.generation.engine",
     "GenerationRequest": "hayai.generation.request",
+    "RunOptions": "hayai.generation.options",
+    "CancelToken": "hayai.generation.options",
     "Family": "hayai.models.families",
     "Catalog": "hayai.models.catalog",
     "Store": "hayai.store",
