@@ -3,7 +3,6 @@ step counts, the demo model's adherence, reproduction, recovery, cancellation an
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

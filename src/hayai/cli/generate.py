@@ -10,22 +10,18 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, format_bytes, progress_printer, silence_library_progress
-from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, request_options
+from hayai.cli.output import console, err_console, format_bytes, progress_printer
+from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, RunFlags, request_options, run_flags
 
 
+@run_flags()
 @request_options(*COMMON, "denoising_strength", *HIRES)
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="What to draw (A1111-style prompt)."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Regenerate the image this file's metadata describes."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="speed, balanced or quality: fills size, batch and steps you did not set, from this machine's tier."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB (a real cap on CUDA)."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (see `hayai plan`) instead of the planner's choice."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
     given: dict = None,
+    flags: RunFlags = None,
 ) -> None:
     """Generate images from a prompt (or regenerate one with --from IMAGE); --hires or --progressive for larger ones."""
     from hayai.errors import RequestError
@@ -34,66 +30,49 @@ def generate(
         given["prompt"] = prompt
     if from_image is None and "prompt" not in given:
         raise RequestError("a prompt is required (or --from IMAGE to regenerate an image)")
-    _run(given, from_image=from_image, allow_pickle=allow_pickle, preset=preset, vram=vram, strategy=strategy,
-         device=device, as_json=as_json, quiet=quiet)
+    _run(given, flags, from_image=from_image, preset=preset)
 
 
+@run_flags()
 @request_options(*COMMON, *IMG2IMG)
 def img2img(
     image: Path = typer.Argument(..., help="The image to start from."),
     prompt: str = typer.Argument(..., help="What to make of it (A1111-style prompt)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB (a real cap on CUDA)."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (see `hayai plan`) instead of the planner's choice."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
     given: dict = None,
+    flags: RunFlags = None,
 ) -> None:
     """Redraw an image from a prompt (img2img): --strength 0 keeps it, 1 replaces it."""
-    _run({**given, "prompt": prompt, "init_image": str(image)}, allow_pickle=allow_pickle, vram=vram,
-         strategy=strategy, device=device, as_json=as_json, quiet=quiet)
+    _run({**given, "prompt": prompt, "init_image": str(image)}, flags)
 
 
+@run_flags()
 @request_options(*COMMON, *IMG2IMG, *INPAINT)
 def inpaint(
     image: Path = typer.Argument(..., help="The image to change."),
     prompt: str = typer.Argument(..., help="What to draw where the mask is white (A1111-style prompt)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB (a real cap on CUDA)."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (see `hayai plan`) instead of the planner's choice."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
     given: dict = None,
+    flags: RunFlags = None,
 ) -> None:
     """Redraw what a mask covers (--mask MASK, white = redraw; --mask alpha: the image's transparent pixels)."""
     from hayai.errors import RequestError
 
     if "mask" not in given:
         raise RequestError("inpainting needs --mask MASK (white = redraw), or --mask alpha for the image's transparent pixels")
-    _run({**given, "prompt": prompt, "init_image": str(image)}, allow_pickle=allow_pickle, vram=vram,
-         strategy=strategy, device=device, as_json=as_json, quiet=quiet)
+    _run({**given, "prompt": prompt, "init_image": str(image)}, flags)
 
 
-def _run(given: dict, *, from_image: Path | None = None, allow_pickle: bool = False, preset: str | None = None,
-         vram: str | None = None, strategy: str | None = None, device: str | None = None, as_json: bool = False,
-         quiet: bool = False) -> None:
+def _run(given: dict, flags: RunFlags, *, from_image: Path | None = None, preset: str | None = None) -> None:
     """Make the request (bad input fails here, before any model is touched), run it, print the result."""
-    from hayai.cli.plan import parse_size
-    from hayai.generation.engine import Engine
     from hayai.generation.options import RunOptions
     from hayai.generation.request import GenerationRequest
 
     request = None if from_image is not None else GenerationRequest(**given)
-    cap = parse_size(vram) if vram else None
-    silence_library_progress()
-    engine = Engine(allow_pickle=allow_pickle, vram=cap, device=device)
-    options = RunOptions(strategy=strategy)
+    engine = flags.engine()
+    options = RunOptions(strategy=flags.strategy)
     if preset is not None and request is not None:
         request, options = _with_preset(engine, request, given, preset, options)
     try:
-        with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+        with progress_printer(enabled=flags.show_progress) as on_progress:
             options = dataclasses.replace(options, progress=on_progress)
             if request is None:
                 result = engine.reproduce(from_image, options, **given)
@@ -102,12 +81,12 @@ def _run(given: dict, *, from_image: Path | None = None, allow_pickle: bool = Fa
     except KeyboardInterrupt:
         err_console.print("interrupted: finished images were kept, nothing half-written was left")
         raise typer.Exit(130)
-    if as_json:
+    if flags.as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
-    if quiet:
+    if flags.quiet:
         return
     for image in result.images:
         console.print(f"{image.path}  seed {image.seed}")

@@ -10,20 +10,14 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, format_bytes, progress_printer, silence_library_progress
-from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, request_options
+from hayai.cli.output import console, err_console, format_bytes, progress_printer
+from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, RunFlags, request_options, run_flags
 
 DEFAULT_PROMPT = "a small red circle at the top left on a white background"  # a shapes caption: adherence is scored
 
 
-def _engine(vram: str | None, strategy: str | None, device: str | None, allow_pickle: bool = False):
-    from hayai.cli.plan import parse_size
-    from hayai.generation.engine import Engine
-
-    silence_library_progress()
-    return Engine(allow_pickle=allow_pickle, vram=parse_size(vram) if vram else None, strategy=strategy, device=device)
-
-
+@run_flags({"strategy": "Force an execution strategy (unless a Strategy axis sets it).",
+            "as_json": "Print the sweep's files and rows as JSON."})
 @request_options(*(n for n in COMMON if n not in ("output_dir", "filename_pattern")), *IMG2IMG, *INPAINT, *HIRES,
                  helps={"steps": "Steps where no axis sets them \\[20].",
                         "seed": "Seed of every cell unless Seed is an axis; -1 draws one [-1].",
@@ -36,13 +30,8 @@ def sweep(
     z: Optional[str] = typer.Option(None, "--z", help='Z axis (one grid per value), e.g. sampler="Euler a,DPM++ 2M".'),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The sweep's folder \\[$HAYAI_HOME/sweeps/<prompt>-<id>]; the same command resumes there."),
     restart: bool = typer.Option(False, "--restart", help="Start over instead of resuming what the folder holds."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy (unless a Strategy axis sets it)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt checkpoints (they can run code)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the sweep's files and rows as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
     given: dict = None,
+    flags: RunFlags = None,
 ) -> None:
     """An X/Y/Z plot: every combination of up to three axes, with a labelled grid, CSV/JSON timings and a chart.
 
@@ -61,25 +50,25 @@ def sweep(
 
     base = GenerationRequest(**{**given, "prompt": prompt or DEFAULT_PROMPT})
     axes = [parse_axis(text) if text else None for text in (x, y, z)]
-    engine = _engine(vram, strategy, device, allow_pickle)
-    plan = make_plan(base, *axes, strategy=strategy, device=engine.device_spec.torch_device)
+    engine = flags.engine()
+    plan = make_plan(base, *axes, strategy=flags.strategy, device=engine.device_spec.torch_device)
     columns, rows, grids = plan.shape()
-    if not (quiet or as_json):
+    if flags.show_progress:
         err_console.print(f"sweep: {len(plan.cells)} cells ({columns} x {rows}" + (f" x {grids}" if grids > 1 else "")
                           + f"), {sum(c.request.total_images for c in plan.cells)} images, seed {plan.base.seed}"
                           + (" (the Seed axis sets it)" if any(a.kind.key == "seed" for a in plan.axes.values()) else ""))
     try:
-        with _sweep_progress(enabled=not (quiet or as_json)) as on_progress:
+        with _sweep_progress(enabled=flags.show_progress) as on_progress:
             result = run_sweep(engine, plan, output, restart=restart, progress=on_progress)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished cells are recorded; run the same command again to resume")
         raise typer.Exit(130)
-    if as_json:
+    if flags.as_json:
         sys.stdout.write(json.dumps({**result.to_dict(), "rows": result.rows}, indent=2, ensure_ascii=False) + "\n")
         return
     for warning in dict.fromkeys(w for row in result.rows for w in row["warnings"]):
         err_console.print(f"[yellow]warning:[/] {warning}")
-    if quiet:
+    if flags.quiet:
         return
     _print_table(result)
     if result.resumed:
@@ -124,6 +113,7 @@ def _sweep_progress(enabled: bool = True):
         yield on_event
 
 
+@run_flags()
 @request_options("negative_prompt", "model", "steps", "cfg_scale", "sampler", "schedule_type", "width", "height", "seed",
                  "batch_size", "loras", "output_dir", "image_format",
                  helps={"steps": "Steps [20]; keep them low, refine the keeper.", "seed": "First seed; -1 draws one [-1].",
@@ -131,12 +121,8 @@ def _sweep_progress(enabled: bool = True):
 def explore(
     prompt: str = typer.Argument(..., help="What to draw."),
     count: int = typer.Option(16, "--count", help="How many seeds (seed, seed+1, ...)."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
     given: dict = None,
+    flags: RunFlags = None,
 ) -> None:
     """Many seeds of one prompt at low cost, and a contact sheet labelled with the seeds (then `hayai refine`)."""
     from hayai.sweep import explore as run_explore
@@ -144,19 +130,19 @@ def explore(
     from hayai.generation.request import GenerationRequest
 
     request = GenerationRequest(**{**given, "prompt": prompt})
-    engine = _engine(vram, strategy, device)
+    engine = flags.engine()
     try:
-        with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+        with progress_printer(enabled=flags.show_progress) as on_progress:
             explored = run_explore(engine, request, count, progress=on_progress)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished images were kept, nothing half-written was left")
         raise typer.Exit(130)
-    if as_json:
+    if flags.as_json:
         sys.stdout.write(json.dumps(explored.to_dict(), indent=2) + "\n")
         return
     for warning in explored.result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
-    if quiet:
+    if flags.quiet:
         return
     for image in explored.result.images:
         console.print(f"{image.path}  seed {image.seed}", soft_wrap=True)
@@ -165,6 +151,7 @@ def explore(
     console.print(f"[dim]refine the one you like: hayai refine {first} --steps 50[/]", soft_wrap=True)
 
 
+@run_flags()
 @request_options("cfg_scale", "sampler", "schedule_type", "width", "height", "output_dir", "image_format",
                  "denoising_strength", *HIRES,
                  helps={"cfg_scale": "CFG scale \\[the image's].", "sampler": "A1111 sampler name \\[the image's].",
@@ -175,30 +162,26 @@ def explore(
 def refine(
     image: Path = typer.Argument(..., help="An image made by hayai (e.g. by `hayai explore`) or by A1111."),
     steps: int = typer.Option(50, "--steps", help="Steps for the refined image."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Use at most this much GPU memory, e.g. 6GB."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="Force an execution strategy."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
     given: dict = None,
+    flags: RunFlags = None,
 ) -> None:
     """Re-run one image's seed and prompt alone at higher quality (more steps by default; --hires 2 for a larger one)."""
     from hayai.sweep import refine_request
 
     request, warnings = refine_request(image, steps=steps, **given)
-    engine = _engine(vram, strategy, device)
+    engine = flags.engine()
     try:
-        with progress_printer(enabled=not (quiet or as_json)) as on_progress:
+        with progress_printer(enabled=flags.show_progress) as on_progress:
             result = engine.generate(request, progress=on_progress)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished images were kept, nothing half-written was left")
         raise typer.Exit(130)
     result.warnings[:0] = warnings
-    if as_json:
+    if flags.as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
-    if not quiet:
+    if not flags.quiet:
         for generated in result.images:
             console.print(f"{generated.path}  seed {generated.seed}, {result.request.steps} steps", soft_wrap=True)

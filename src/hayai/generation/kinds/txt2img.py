@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hayai.generation.kinds.base import BatchRun, PipelineKind
-from hayai.models.families import FAMILY_INFO, Family
+from hayai.models.families import FAMILY_INFO
 
 __all__ = ["Txt2Img"]
 
