@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hayai import __version__
 from hayai.errors import HayaiError
-from hayai.generation.imagefile import read_image_metadata, save_image, unique_path
+from hayai.generation.imagefile import read_image_metadata, save_image
 from hayai.generation.infotext import format_infotext, parse_infotext, request_from_infotext, request_to_params
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import GeneratedImage
@@ -49,9 +49,7 @@ def finish_image(image, request: GenerationRequest, model: dict, seed: int, posi
         steps=request.steps, cfg=request.cfg_scale, sampler=slug(request.sampler), width=request.width,
         height=request.height, date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"),
     )
-    path = unique_path(out_dir / f"{stem}.{request.image_format}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_image(image, path, infotext=infotext, hayai_meta=meta)
+    path = save_image(image, out_dir / f"{stem}.{request.image_format}", infotext=infotext, hayai_meta=meta, next_free=True)
     return GeneratedImage(path, seed, position, infotext, image)
 
 
