@@ -18,6 +18,8 @@ from hayai.lora.relink import parse_lora_hashes, relink_loras
 
 __all__ = ["finish_image", "request_from_image", "slug"]
 
+_WHERE_FILES_GO = ("output_dir", "filename_pattern")  # request fields a file read back never sets
+
 
 def finish_image(image, request: GenerationRequest, model: dict, seed: int, position: int, batch_index: int,
                  out_dir: Path, index: int, save: bool, runtime: dict, *, loras=(), requested_loras=()) -> GeneratedImage:
@@ -73,7 +75,9 @@ def request_from_image(image_path: Path, *, store=None) -> tuple[GenerationReque
 def _request_from_metadata(meta, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
     warnings: list[str] = []
     if meta.hayai is not None:
-        data = dict(meta.hayai["request"])
+        _check_record(meta.hayai, image_path)
+        # where files go is the user's choice (their options still apply), never the file's
+        data = {key: value for key, value in meta.hayai["request"].items() if key not in _WHERE_FILES_GO}
         image = meta.hayai["image"]
         batch_size = data["batch_size"]
         batch_start = image["index"] - image["batch_index"]
@@ -91,6 +95,20 @@ def _request_from_metadata(meta, image_path: Path) -> tuple[GenerationRequest, s
     if unused:
         warnings.append(f"ignored infotext keys hayai does not apply yet: {', '.join(sorted(unused))}")
     return request, None, warnings
+
+
+def _check_record(record, image_path: Path) -> None:
+    """The parts of a hayai record `_request_from_metadata` reads, so an edited one fails in one line."""
+    needed = {"request": ("seed", "batch_size"), "image": ("index", "batch_index"), "model": ()}
+    for part, keys in needed.items():
+        value = record.get(part) if isinstance(record, dict) else None
+        if not isinstance(value, dict):
+            raise HayaiError(f"{image_path}: its hayai record has no {part!r} entry, so it was edited or damaged; "
+                             "`hayai info` shows what it holds")
+        for key in keys:
+            if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
+                raise HayaiError(f"{image_path}: its hayai record has no whole number at {part}.{key}, so it was edited "
+                                 "or damaged; `hayai info` shows what it holds")
 
 
 def slug(text: str, limit: int = 60) -> str:
