@@ -13,6 +13,7 @@ from hayai.cli.main import app
 from hayai.errors import HayaiError, RequestError
 from hayai.generation.engine import Engine
 from hayai.generation.imagefile import read_image_metadata, save_image
+from hayai.generation.infotext import parse_infotext
 from hayai.generation.request import GenerationRequest
 from hayai.paths import outputs_dir
 from hayai.prompts.parser import MAX_NESTING, parse_prompt
@@ -95,3 +96,44 @@ def test_500_nested_parentheses_are_a_request_error():
     assert deep.fragments()[0].weight == pytest.approx(1.1**MAX_NESTING)
     result = hayai("generate", "[" * 500 + "cat")
     assert isinstance(result.exception, RequestError) and result.exit_code != 0
+
+
+def _a1111_png(path, infotext: str):
+    pnginfo = PngImagePlugin.PngInfo()
+    pnginfo.add_text("parameters", infotext)
+    Image.new("RGB", (64, 64)).save(path, pnginfo=pnginfo)
+    return path
+
+
+CRAFTED_LINES = ["a" * 100_000, "Steps: 20, Seed: 1, Size: 64x64, " + "x y-z/" * 17_000, 'k: "' + '\\",' * 33_000,
+                 ("ab:" + '"\\",' * 3) * 7_000]
+
+
+@pytest.mark.parametrize("line", CRAFTED_LINES, ids=["word", "key-run", "escapes", "quotes"])
+def test_a_100_kb_crafted_last_line_parses_in_under_a_second(tmp_path, line):
+    png = _a1111_png(tmp_path / "crafted.png", "a cat\n" + line)
+    started = time.perf_counter()
+    request, _, _ = Engine().request_from_image(png)  # what --from and refine read
+    parsed = parse_infotext(read_image_metadata(png).infotext)
+    assert time.perf_counter() - started < 1
+    assert request.prompt.startswith("a cat") and parsed.prompt.startswith("a cat")
+
+
+def test_the_linear_parser_finds_what_a1111s_regex_finds():
+    """Random short lines over the characters that matter: the same pairs as A1111's findall."""
+    import random
+
+    from hayai.generation.infotext import _PARAM_RE, _find_params
+
+    pieces = ["a", "1", "_", " ", "-", "/", ":", ",", '"', "\\", "\t", "é", "\u3000", "Key: ", ', ', '"a', '\\"', "x:"]
+    rng = random.Random(14)
+    for _ in range(20_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        assert _find_params(line) == _PARAM_RE.findall(line), line
+
+
+def test_info_strips_terminal_control_characters(tmp_path):
+    hostile = "a \x1b]0;owned\x07\x1b[2J\x1b[31mred\x1b[0m cat\r\x9b1A\x7f\tnext\nSteps: 2, Seed: 1, Size: 64x64"
+    result = hayai("info", _a1111_png(tmp_path / "hostile.png", hostile))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "a ]0;owned[2J[31mred[0m cat1A\tnext\nSteps: 2, Seed: 1, Size: 64x64\n"
