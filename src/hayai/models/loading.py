@@ -98,11 +98,35 @@ def source_from_path(path: Path, *, allow_pickle: bool = False, config: Path | N
 
 
 def _family_of_pickle(path: Path) -> Family:
+    """The family of a pickle checkpoint, read as diffusers reads it: tensors and plain containers only
+    (`weights_only=True`), so no code in the file runs; memory-mapped where the file is a zip (torch >= 1.6)."""
+    import pickle
+    import zipfile
+
     import torch
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    state = checkpoint.get("state_dict", checkpoint)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        reason = _first_sentence(str(exc).partition("WeightsUnpickler error:")[2] or str(exc))
+        if reason.startswith("Unsupported global"):
+            raise UnsafeCheckpointError(
+                f"{path.name} holds Python objects besides tensors ({reason.replace(' was not an allowed global by default', '')}): "
+                "reading them would run code from the file, so hayai reads only tensors, as diffusers does, and "
+                "cannot load it. Use a .safetensors copy of the model."
+            ) from None
+        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # a truncated or damaged file
+        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint ({_first_sentence(str(exc))})") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path.name} holds no state dict (a {type(checkpoint).__name__}), so it is not a model checkpoint")
     return detect_family_from_keys({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")})
+
+
+def _first_sentence(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].split(". ")[0] if lines else text
 
 
 def hub_snapshot(repo_id: str) -> Path | None:
