@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from hayai.errors import HayaiError
+from hayai.errors import HayaiError, disk_full
 
 __all__ = ["ImageMetadata", "XMP_NS", "save_image", "read_image_metadata", "next_index", "unique_path", "claim_name"]
 
@@ -94,6 +94,11 @@ def save_image(image: Image.Image, path: Path, *, infotext: str, hayai_meta: dic
             file.flush()
             os.fsync(file.fileno())
         return claim_name(temp, path, next_free=next_free)
+    except OSError as error:
+        full = disk_full(error, path.parent)
+        if full is None:
+            raise
+        raise full from error
     finally:  # also on KeyboardInterrupt: never leave the temporary file behind
         temp.unlink(missing_ok=True)
 
