@@ -68,12 +68,13 @@ def test_200_token_prompt_with_break_and_weights_sd1(pipes):
     embeds, unweighted = weighted["prompt_embeds"], plain["prompt_embeds"]
     assert embeds.shape == (1, 4 * 77, 32)
     assert weighted["negative_prompt_embeds"].shape == embeds.shape  # the negative is padded to match
-    # chunk 1: tokens 1..3 multiplied by 1.3, then the chunk rescaled to its unweighted mean (A1111 "Original")
+    # chunk 1: tokens 1..3 multiplied by 1.3. A1111 "Original" then rescales the chunk to its unweighted mean,
+    # but the tiny encoder's final layer norm (no bias) centres every token on 0, so both means are rounding
+    # noise (~1e-8) and their ratio meaningless: the weighted chunk is kept (tests/test_safety_nan.py)
     first = unweighted[:, :77]
     multipliers = torch.ones(1, 77, 1)
     multipliers[:, 1:4] = 1.3
     expected = first * multipliers
-    expected = expected * (first.mean() / expected.mean())
     assert torch.allclose(embeds[:, :77], expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(embeds[:, :77], first)
     # the other chunks hold no weights: untouched

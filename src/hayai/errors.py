@@ -6,7 +6,8 @@ with status 2 (bad input) or 1 (everything else); they never show a traceback fo
 
 from __future__ import annotations
 
-__all__ = ["HayaiError", "RequestError", "ModelError", "ModelNotFoundError", "UnsafeCheckpointError"]
+__all__ = ["HayaiError", "RequestError", "ModelError", "ModelNotFoundError", "UnsafeCheckpointError", "DiskFullError",
+           "disk_full"]
 
 
 class HayaiError(Exception):
@@ -33,3 +34,20 @@ class ModelNotFoundError(ModelError):
 
 class UnsafeCheckpointError(ModelError):
     """A pickle checkpoint (.ckpt/.pt/.bin) was refused because loading it can run arbitrary code."""
+
+
+class DiskFullError(HayaiError):
+    """A write failed because the disk (or the user's quota) is full."""
+
+
+def disk_full(error: BaseException, where: object = None) -> DiskFullError | None:
+    """A DiskFullError naming `where` (or the file the error names) when `error` is an out-of-space failure:
+    OSError ENOSPC/EDQUOT, SQLite's "database or disk is full", safetensors' "No space left on device"."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        where = where or error.filename
+    elif not any(text in str(error) for text in ("database or disk is full", "No space left on device", "StorageFull")):
+        return None
+    at = f" at {where}" if where else ""
+    return DiskFullError(f"disk full{at}: free some space (or write somewhere else) and run again")

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, format_bytes, progress_printer
+from hayai.cli.output import console, err_console, format_bytes, printable, progress_printer
 from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, RunFlags, request_options, run_flags
 
 
@@ -138,4 +138,4 @@ def info(
         }
         sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         return
-    sys.stdout.write((meta.infotext or "(no A1111 parameters; hayai data only: use --json)") + "\n")
+    sys.stdout.write(printable(meta.infotext or "(no A1111 parameters; hayai data only: use --json)") + "\n")

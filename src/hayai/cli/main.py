@@ -50,7 +50,7 @@ def _quiet_libraries() -> None:
 
 
 def main() -> None:
-    from hayai.errors import HayaiError
+    from hayai.errors import HayaiError, disk_full
 
     _quiet_libraries()
     try:
@@ -58,6 +58,12 @@ def main() -> None:
     except HayaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a full disk while writing anything (a LoRA, a checkpoint) is one line too
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        sys.exit(full.exit_code)
     except KeyboardInterrupt:
         print("interrupted: finished images were kept, nothing half-written was left", file=sys.stderr)
         sys.exit(130)

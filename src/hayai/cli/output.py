@@ -13,6 +13,12 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def printable(text: str) -> str:
+    """`text` without control characters but newline and tab: text read from a file (an image's infotext)
+    must not move the cursor, retitle the window or hide lines when printed on a terminal."""
+    return "".join(c for c in text if c in "\n\t" or not (c < " " or "\x7f" <= c <= "\x9f"))
+
+
 def format_bytes(count: int | None) -> str:
     if count is None:
         return "n/a"

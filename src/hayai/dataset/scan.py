@@ -134,7 +134,8 @@ def _read_image(path: Path) -> dict:
             image.load()  # decodes every pixel: a truncated file fails here
             facts.update(width=image.width, height=image.height, mode=image.mode, dhash=dhash(image),
                          thumbnail=image.convert("RGB").resize((8, 8), Image.Resampling.BOX).tobytes())
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    # DecompressionBombError (not an OSError): a small file that would decode to gigabytes of pixels
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         facts["error"] = f"cannot be read as an image ({type(exc).__name__}: {exc})"
     return facts
 

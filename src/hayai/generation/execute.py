@@ -10,6 +10,7 @@ prompt, and handed to the pipeline with the rest of the plain call.
 from __future__ import annotations
 
 from hayai.generation.encoding import prompt_kwargs
+from hayai.generation.finite import check_finite, finite_decoder_hook
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import ProgressEvent
 from hayai.memory.apply import is_out_of_memory, without_text_encoders
@@ -74,6 +75,7 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
     before = batch * request.steps if done_steps is None else done_steps
 
     def on_step_end(pipeline, step, timestep, tensors):
+        check_finite(tensors["latents"], "denoise", f" at step {step + 1}")  # before more steps and the decode
         out = schedule[0](pipeline, step, timestep, tensors) if schedule[0] else {}
         last_step[0] = timer.now()
         emit(ProgressEvent("denoise", before + step + 1, total_steps))
@@ -89,7 +91,8 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
     # prepended: the phase is known before any other hook (or the module itself) can fail
     handles = [_denoiser(pipe).register_forward_pre_hook(entering("denoise"), prepend=True),
                pipe.vae.decoder.register_forward_pre_hook(entering("vae_decode"), prepend=True),
-               pipe.vae.encoder.register_forward_pre_hook(entering("vae_encode"), prepend=True)]
+               pipe.vae.encoder.register_forward_pre_hook(entering("vae_encode"), prepend=True),
+               pipe.vae.decoder.register_forward_hook(finite_decoder_hook)]  # retries in float32, or raises
     kwargs = {**pipeline_kwargs(request, seeds), **(extra or {})}
     for replaced in ("prompt", "negative_prompt", "clip_skip", *drop):
         kwargs.pop(replaced, None)

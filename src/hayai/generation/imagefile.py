@@ -9,8 +9,10 @@ Every image carries two records of how it was made:
   an XMP packet holding the JSON as the text of one element `hayai:meta` in the namespace `XMP_NS`.
 
 Saving is atomic: the image is written to a hidden temporary file in the target folder, flushed to
-disk, then renamed into place, so a crash never leaves a half-written image. Existing files are
-never overwritten.
+disk, then linked under its final name, which claims the name atomically: a crash never leaves a
+half-written image, existing files are never overwritten, and several processes saving into one
+folder at once each get their own name. Temporary files a killed process left behind are removed by
+the next save into that folder once they are `STALE_TEMP_SECONDS` old.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import struct
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -27,9 +30,9 @@ from xml.sax.saxutils import escape
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from hayai.errors import HayaiError
+from hayai.errors import HayaiError, disk_full
 
-__all__ = ["ImageMetadata", "XMP_NS", "save_image", "read_image_metadata", "next_index", "unique_path"]
+__all__ = ["ImageMetadata", "XMP_NS", "save_image", "read_image_metadata", "next_index", "unique_path", "claim_name"]
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 QUALITY = 95  # JPEG and WebP
@@ -48,6 +51,10 @@ _XMP_TEMPLATE = (
     '<?xpacket end="r"?>'
 )
 _DIGITS = re.compile(r"[0-9]+")
+# a save takes seconds; a temporary file this old was left by a process that was killed while saving
+STALE_TEMP_SECONDS = 600
+_TEMP_RE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+_swept: dict[Path, float] = {}  # folder -> when this process last removed stale temporary files from it
 
 
 @dataclass(frozen=True)
@@ -56,16 +63,17 @@ class ImageMetadata:
     hayai: dict | None  # hayai's own JSON record
 
 
-def save_image(image: Image.Image, path: Path, *, infotext: str, hayai_meta: dict) -> Path:
-    """Write `image` to `path` (format from the suffix) with both metadata records; returns `path`.
+def save_image(image: Image.Image, path: Path, *, infotext: str, hayai_meta: dict, next_free: bool = False) -> Path:
+    """Write `image` to `path` (format from the suffix) with both metadata records; returns the path written.
 
-    Raises FileExistsError if `path` exists. Creates the parent folder if needed.
+    If `path` exists: with `next_free`, the image takes the first free name "name-1.ext", "name-2.ext",
+    ... (see `claim_name`); without, FileExistsError. Creates the parent folder if needed.
     """
     path = Path(path)
     image_format = FORMATS.get(path.suffix.lower())
     if image_format is None:
         raise HayaiError(f"path={str(path)!r} has an unsupported suffix; use one of: {', '.join(FORMATS)}")
-    if path.exists():
+    if path.exists() and not next_free:
         raise FileExistsError(f"{path} already exists; hayai never overwrites an image (pick a free name with unique_path())")
     hayai_json = json.dumps(hayai_meta)
     if image_format == "PNG":
@@ -78,19 +86,66 @@ def save_image(image: Image.Image, path: Path, *, infotext: str, hayai_meta: dic
         options = {"quality": QUALITY, "exif": _exif_user_comment(infotext), "xmp": xmp.encode("utf-8")}
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path.parent)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temp, "xb") as file:
             image.save(file, format=image_format, **options)
             file.flush()
             os.fsync(file.fileno())
-        if path.exists():  # appeared while we were encoding
-            raise FileExistsError(f"{path} already exists; hayai never overwrites an image (pick a free name with unique_path())")
-        os.replace(temp, path)
-    except BaseException:  # also on KeyboardInterrupt: never leave the temporary file behind
+        return claim_name(temp, path, next_free=next_free)
+    except OSError as error:
+        full = disk_full(error, path.parent)
+        if full is None:
+            raise
+        raise full from error
+    finally:  # also on KeyboardInterrupt: never leave the temporary file behind
         temp.unlink(missing_ok=True)
+
+
+def claim_name(temp: Path, path: Path, *, next_free: bool = True) -> Path:
+    """Give the finished file `temp` the name `path`, or with `next_free` the first free "name-N.ext"
+    when `path` is taken; returns the name given. `temp` stays (the caller removes it).
+
+    A hard link fails when the name exists, so two processes never claim the same name and an
+    existing file is never replaced. Where the file system has no hard links, an empty file created
+    with O_EXCL claims the name and the finished file is renamed over it.
+    """
+    candidate, n = path, 0
+    while True:
+        try:
+            _link(temp, candidate)
+            return candidate
+        except FileExistsError:
+            if not next_free:
+                raise FileExistsError(f"{path} already exists; hayai never overwrites an image (pick a free name with unique_path())") from None
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+def _link(temp: Path, name: Path) -> None:
+    try:
+        os.link(temp, name)
+    except FileExistsError:
         raise
-    return path
+    except OSError:  # no hard links on this file system (FAT, some network shares)
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(temp, name)
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Remove the temporary files of saves that were killed half-way (looks at most every few minutes)."""
+    now = time.time()
+    if now - _swept.get(folder, 0.0) < STALE_TEMP_SECONDS / 2:
+        return
+    _swept[folder] = now
+    cutoff = now - STALE_TEMP_SECONDS
+    for entry in os.scandir(folder):
+        try:
+            if _TEMP_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another process removed it first
+            pass
 
 
 def _exif_user_comment(text: str) -> bytes:

@@ -28,6 +28,8 @@ __all__ = ["Infotext", "format_infotext", "parse_infotext", "request_to_params",
 # JSON-quoted value or everything up to the next comma.
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _KEY_RE = re.compile(r"\w[\w \-/]+")
+# what a failed `_PARAM_RE` match at a position scanned: no match can start before its end (see `_find_params`)
+_NO_KEY_RE = re.compile(r"\s*(?:\w[\w \-/]*)?")
 _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 _NEGATIVE = "Negative prompt:"
 
@@ -80,12 +82,33 @@ def _append_line(text: str, line: str) -> str:
     return f"{text}\n{line}" if text else line
 
 
+def _find_params(line: str) -> list[tuple[str, str]]:
+    """`_PARAM_RE.findall(line)` in linear time.
+
+    findall retries a failed match one character further on, and each try re-reads the same run of
+    key characters, so a long line without a colon took quadratic time (100 KB: hours). A failed try
+    at `pos` read blanks and then one maximal run of key characters not followed by a colon; every
+    try that starts inside that run reads to the same end and fails too, so the next try that can
+    succeed starts where the run ends.
+    """
+    pairs, pos = [], 0
+    while pos < len(line):
+        match = _PARAM_RE.match(line, pos)
+        if match:
+            pairs.append(match.groups())
+            pos = match.end()
+        else:
+            pos = max(_NO_KEY_RE.match(line, pos).end(), pos + 1)
+    return pairs
+
+
 def parse_infotext(text: str) -> Infotext:
     """Split an infotext into prompt, negative prompt and parameters, as A1111's reader does."""
     *lines, last = text.strip().split("\n")
-    if len(_PARAM_RE.findall(last)) < 3:
+    params = _find_params(last)
+    if len(params) < 3:
         lines.append(last)
-        last = ""
+        params = []
     prompt = negative = ""
     in_negative = False
     for line in lines:
@@ -97,8 +120,7 @@ def parse_infotext(text: str) -> Infotext:
             negative = _append_line(negative, line)
         else:
             prompt = _append_line(prompt, line)
-    params = {key: _unquote(value) for key, value in _PARAM_RE.findall(last)}
-    return Infotext(prompt=prompt, negative_prompt=negative, params=params)
+    return Infotext(prompt=prompt, negative_prompt=negative, params={key: _unquote(value) for key, value in params})
 
 
 def _format_number(value: float) -> str:

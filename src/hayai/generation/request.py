@@ -298,21 +298,34 @@ _PATTERN_FIELDS = {
 
 
 def _check_pattern(pattern: str) -> None:
+    import re
+
+    longest, longest_name = 200, 240  # characters of a pattern or of any width or precision in it; of a name it makes
     if not isinstance(pattern, str) or not pattern:
         raise RequestError(f"filename_pattern={pattern!r} must be a non-empty string")
+    if len(pattern) > longest:
+        raise RequestError(f"filename_pattern={pattern[:40]!r}... is {len(pattern)} characters long; use at most {longest}")
     if "/" in pattern or "\\" in pattern or pattern.startswith("."):
         raise RequestError(f"filename_pattern={pattern!r} must name a file, not a path (no '/', no leading '.')")
     allowed = ", ".join("{" + name + "}" for name in _PATTERN_FIELDS)
     try:
-        names = [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+        parts = [(field, spec) for _, field, spec, _ in string.Formatter().parse(pattern) if field is not None]
     except ValueError as exc:
         raise RequestError(f"filename_pattern={pattern!r} is not valid ({exc}); it may use {allowed}") from None
+    names = [field for field, _ in parts]
     for name in names:
         if name not in _PATTERN_FIELDS:  # also refuses attribute and index access: {prompt.upper}, {index[0]}
             raise RequestError(f"filename_pattern={pattern!r} uses {{{name}}}; it may use {allowed}")
+    for name, spec in parts:  # checked before formatting: {index:0200000000d} would build a 200 MB name
+        if "{" in spec or any(int(number) > longest for number in re.findall(r"[0-9]+", spec)):
+            raise RequestError(f"filename_pattern={pattern!r}: {{{name}:{spec}}} is not allowed; a width or precision must be a number up to {longest}")
     try:
         pattern.format(**_PATTERN_FIELDS)
+        stem = pattern.format(index=10**9, seed=MAX_SEED, batch_index=63, prompt="p" * 60, model="m" * 60, steps=1000,
+                              cfg=1 / 3, sampler="s" * 60, width=MAX_SIDE, height=MAX_SIDE, date="2000-01-01", time="000000")
     except (ValueError, TypeError) as exc:  # a format spec that does not fit the field, e.g. {prompt:05d}
         raise RequestError(f"filename_pattern={pattern!r} is not valid ({exc})") from None
+    if len(stem) > longest_name:
+        raise RequestError(f"filename_pattern={pattern!r} can make names of {len(stem)} characters; keep them under {longest_name}")
     if "index" not in names and "seed" not in names:
         raise RequestError(f"filename_pattern={pattern!r} must contain {{index}} or {{seed}} so files do not overwrite each other")

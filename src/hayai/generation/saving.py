@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hayai import __version__
 from hayai.errors import HayaiError
-from hayai.generation.imagefile import read_image_metadata, save_image, unique_path
+from hayai.generation.imagefile import read_image_metadata, save_image
 from hayai.generation.infotext import format_infotext, parse_infotext, request_from_infotext, request_to_params
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import GeneratedImage
@@ -17,6 +17,8 @@ from hayai.lora.catalog import find_lora
 from hayai.lora.relink import parse_lora_hashes, relink_loras
 
 __all__ = ["finish_image", "request_from_image", "slug"]
+
+_WHERE_FILES_GO = ("output_dir", "filename_pattern")  # request fields a file read back never sets
 
 
 def finish_image(image, request: GenerationRequest, model: dict, seed: int, position: int, batch_index: int,
@@ -49,9 +51,7 @@ def finish_image(image, request: GenerationRequest, model: dict, seed: int, posi
         steps=request.steps, cfg=request.cfg_scale, sampler=slug(request.sampler), width=request.width,
         height=request.height, date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"),
     )
-    path = unique_path(out_dir / f"{stem}.{request.image_format}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_image(image, path, infotext=infotext, hayai_meta=meta)
+    path = save_image(image, out_dir / f"{stem}.{request.image_format}", infotext=infotext, hayai_meta=meta, next_free=True)
     return GeneratedImage(path, seed, position, infotext, image)
 
 
@@ -75,7 +75,9 @@ def request_from_image(image_path: Path, *, store=None) -> tuple[GenerationReque
 def _request_from_metadata(meta, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
     warnings: list[str] = []
     if meta.hayai is not None:
-        data = dict(meta.hayai["request"])
+        _check_record(meta.hayai, image_path)
+        # where files go is the user's choice (their options still apply), never the file's
+        data = {key: value for key, value in meta.hayai["request"].items() if key not in _WHERE_FILES_GO}
         image = meta.hayai["image"]
         batch_size = data["batch_size"]
         batch_start = image["index"] - image["batch_index"]
@@ -93,6 +95,20 @@ def _request_from_metadata(meta, image_path: Path) -> tuple[GenerationRequest, s
     if unused:
         warnings.append(f"ignored infotext keys hayai does not apply yet: {', '.join(sorted(unused))}")
     return request, None, warnings
+
+
+def _check_record(record, image_path: Path) -> None:
+    """The parts of a hayai record `_request_from_metadata` reads, so an edited one fails in one line."""
+    needed = {"request": ("seed", "batch_size"), "image": ("index", "batch_index"), "model": ()}
+    for part, keys in needed.items():
+        value = record.get(part) if isinstance(record, dict) else None
+        if not isinstance(value, dict):
+            raise HayaiError(f"{image_path}: its hayai record has no {part!r} entry, so it was edited or damaged; "
+                             "`hayai info` shows what it holds")
+        for key in keys:
+            if not isinstance(value.get(key), int) or isinstance(value.get(key), bool):
+                raise HayaiError(f"{image_path}: its hayai record has no whole number at {part}.{key}, so it was edited "
+                                 "or damaged; `hayai info` shows what it holds")
 
 
 def slug(text: str, limit: int = 60) -> str:

@@ -9,6 +9,7 @@ how to get it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
 ARCH_PREFIX = "arch:"  # `--model arch:sd15`: a real architecture with random weights (hayai.models.architectures)
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_OPTIONAL_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 # Default component configs diffusers uses for single files (the hub repos it reads them from).
@@ -76,7 +78,9 @@ def source_from_path(path: Path, *, allow_pickle: bool = False, config: Path | N
     """A model source for a local file or diffusers folder, with its family detected."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return ModelSource("folder", path.resolve(), detect_family_from_folder(path), path.name)
+        family = detect_family_from_folder(path)
+        _check_components(path)
+        return ModelSource("folder", path.resolve(), family, path.name)
     if not path.is_file():
         raise ModelNotFoundError(f"model path {str(path)!r} does not exist")
     suffix = path.suffix.lower()
@@ -97,12 +101,49 @@ def source_from_path(path: Path, *, allow_pickle: bool = False, config: Path | N
     return ModelSource("single_file", path.resolve(), family, path.stem, Path(config).resolve() if config else None)
 
 
+def _check_components(folder: Path) -> None:
+    """Each component `model_index.json` names has its folder, so a missing one is named here rather than
+    in diffusers' "no file named config.json" (optional components, which hayai does not load, aside)."""
+    index = json.loads((folder / "model_index.json").read_text())  # detect_family_from_folder has checked it reads
+    missing = [name for name, value in index.items()
+               if isinstance(value, list) and len(value) == 2 and all(value) and name not in _OPTIONAL_COMPONENTS
+               and not (folder / name).is_dir()]
+    if missing:
+        listed = ", ".join(f"{name}/" for name in missing)
+        raise ModelError(f"{folder} is incomplete: it has no {listed} folder, which its model_index.json names; "
+                         "copy or download the whole model folder again")
+
+
 def _family_of_pickle(path: Path) -> Family:
+    """The family of a pickle checkpoint, read as diffusers reads it: tensors and plain containers only
+    (`weights_only=True`), so no code in the file runs; memory-mapped where the file is a zip (torch >= 1.6)."""
+    import pickle
+    import zipfile
+
     import torch
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    state = checkpoint.get("state_dict", checkpoint)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        reason = _first_sentence(str(exc).partition("WeightsUnpickler error:")[2] or str(exc))
+        if reason.startswith("Unsupported global"):
+            raise UnsafeCheckpointError(
+                f"{path.name} holds Python objects besides tensors ({reason.replace(' was not an allowed global by default', '')}): "
+                "reading them would run code from the file, so hayai reads only tensors, as diffusers does, and "
+                "cannot load it. Use a .safetensors copy of the model."
+            ) from None
+        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # a truncated or damaged file
+        raise ModelError(f"{path.name} is not a readable PyTorch checkpoint ({_first_sentence(str(exc))})") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path.name} holds no state dict (a {type(checkpoint).__name__}), so it is not a model checkpoint")
     return detect_family_from_keys({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")})
+
+
+def _first_sentence(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].split(". ")[0] if lines else text
 
 
 def hub_snapshot(repo_id: str) -> Path | None:

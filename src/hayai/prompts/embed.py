@@ -40,14 +40,26 @@ class Conditioning:
     pooled: object | None = None
 
 
+_NEGLIGIBLE_MEAN = 1e-4  # a mean below this fraction of the mean magnitude is rounding noise
+
+
 def _emphasize(z, weights):
-    """A1111's "Original" emphasis: weight each token, then restore the chunk's mean."""
+    """A1111's "Original" emphasis: weight each token, then restore the chunk's mean.
+
+    Where either mean is negligible next to the values themselves (a final layer norm with no bias
+    centres every token on 0, as the demo model's untrained one does), their ratio is rounding noise,
+    possibly 0/0: the weighted values are kept as they are instead of scaled by it.
+    """
     import torch
 
     multipliers = torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
     original_mean = z.mean()
-    z = z * multipliers.expand(z.shape)
-    return z * (original_mean / z.mean())
+    weighted = z * multipliers.expand(z.shape)
+    new_mean = weighted.mean()
+    negligible = _NEGLIGIBLE_MEAN * z.abs().mean()
+    if original_mean.abs() <= negligible or new_mean.abs() <= negligible:
+        return weighted
+    return weighted * (original_mean / new_mean)
 
 
 def _clip_run(encoder, ids, hidden_index: int | None, final_norm: bool, device):

@@ -44,6 +44,7 @@ _ATTENTION_TOKEN = re.compile(
     r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:"
 )
 _ROUND, _SQUARE = 1.1, 1 / 1.1
+MAX_NESTING = 100  # brackets inside brackets; real prompts use a handful, the parser recurses per level
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,19 @@ def index_at_step(schedule: list[ScheduledText], step: int) -> int:
     return len(schedule) - 1
 
 
+def _check_nesting(text: str) -> None:
+    depth = deepest = 0
+    for token in _SCHEDULE_TOKEN.findall(text):  # escaped brackets are tokens of their own
+        if token in ("(", "["):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (")", "]"):
+            depth = max(0, depth - 1)
+    if deepest > MAX_NESTING:
+        raise RequestError(f"the prompt nests brackets {deepest} deep; hayai reads at most {MAX_NESTING} levels "
+                           "(write a literal bracket as \\( or \\[)")
+
+
 def parse_prompt(text: str) -> ParsedPrompt:
     """Parse an A1111 prompt: LoRA tags out, prompt editing understood, problems noted in `warnings`."""
     if not isinstance(text, str):
@@ -380,6 +394,7 @@ def parse_prompt(text: str) -> ParsedPrompt:
         return ""
 
     without = _EXTRA_NETWORK.sub(take, text)
+    _check_nesting(without)
     tree = _schedule_tree(without)
     if _AND.search(without):
         warnings.append("AND (composable diffusion) is not supported: the prompt is encoded as one text with 'AND' in it")

@@ -6,8 +6,14 @@ One connection per `Store`, shared by threads under a lock, so a server's thread
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
 import sqlite3
 import threading
+import uuid
+import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import paths
-from ..errors import HayaiError
+from ..errors import HayaiError, disk_full
 from . import catalog_entries as catalog
 from . import flop_counts, hashes, history, strategy_memory, training
 from .catalog_entries import CatalogEntry
@@ -219,9 +225,14 @@ class Store:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open `path` (autocommit, WAL, busy timeout) and bring its schema up to date."""
+    if path.is_file() and path.stat().st_size == 0:
+        _set_aside(path)
+    if not path.exists():
+        _create(path)
     conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, factory=_Connection
     )
+    conn.path = path
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -234,3 +245,110 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _create(path: Path) -> None:
+    """Make a new store whole under a temporary name, then link it into place: hayai never leaves an empty
+    `hayai.db`, so an empty one is one whose content was lost (`_set_aside`). A store another process
+    linked first wins."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        conn = sqlite3.connect(temp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrate(conn, where=str(path))
+        finally:
+            conn.close()
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _set_aside(path: Path) -> None:
+    """SQLite would silently start a new history over an empty file: keep it, and its WAL (which may still
+    hold the history), as `hayai.db.broken-TIME`, and say so."""
+    aside = path.with_name(f"{path.name}.broken-{datetime.now():%Y%m%d-%H%M%S}")
+    wal = Path(f"{path}-wal")
+    kept = f"{aside} (with {aside}-wal, which may still hold the history)" if wal.is_file() and wal.stat().st_size else str(aside)
+    for suffix in ("-wal", "-shm", ""):
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    warnings.warn(f"the hayai store {path} was empty (0 bytes): its history is lost; kept the file as {kept} "
+                  "and started a new store", RuntimeWarning, stacklevel=4)
+
+
+def _store_error(path: Path, error: sqlite3.DatabaseError) -> HayaiError | None:
+    """The one-line error for a store that is damaged or on a full disk; None for anything else (a bug)."""
+    text = str(error)
+    full = disk_full(error, path)
+    if full is None and "disk I/O error" in text and shutil.disk_usage(path.parent).free < 1 << 20:
+        full = disk_full(OSError(errno.ENOSPC, text), path)  # SQLite reports a write into a full WAL as an I/O error
+    if full is not None:
+        return full
+    if "malformed" in text or "not a database" in text:
+        return HayaiError(f"the hayai store {path} is damaged ({text}): move it aside (mv {path} {path}.broken) and "
+                          f"run again to start a new one; `sqlite3 {path} .recover` may save its history")
+    if "disk I/O error" in text:
+        return HayaiError(f"disk I/O error on the hayai store {path}: check the disk (dmesg) and run again")
+    return None
+
+
+@contextlib.contextmanager
+def _named(path: Path):
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        named = _store_error(path, error)
+        if named is None:
+            raise
+        raise named from error
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose damaged-file and full-disk errors are one-line HayaiErrors naming the store."""
+
+    def execute(self, *args):
+        with _named(self.connection.path):
+            return super().execute(*args)
+
+    def executemany(self, *args):
+        with _named(self.connection.path):
+            return super().executemany(*args)
+
+    def executescript(self, *args):
+        with _named(self.connection.path):
+            return super().executescript(*args)
+
+    def fetchone(self):
+        with _named(self.connection.path):
+            return super().fetchone()
+
+    def fetchmany(self, *args):
+        with _named(self.connection.path):
+            return super().fetchmany(*args)
+
+    def fetchall(self):
+        with _named(self.connection.path):
+            return super().fetchall()
+
+    def __next__(self):
+        with _named(self.connection.path):
+            return super().__next__()
+
+
+class _Connection(sqlite3.Connection):
+    path: Path
+
+    def cursor(self, factory=_Cursor):
+        return super().cursor(factory)
+
+    def execute(self, *args):
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args):
+        return self.cursor().executemany(*args)
+
+    def executescript(self, *args):
+        return self.cursor().executescript(*args)

@@ -1,6 +1,7 @@
 """Running a sweep: every cell through `Engine.generate`, resumable, then the grid, tables and chart.
 
 `run_sweep(engine, plan, folder)`:
+0. holds the folder's lock (`lock.py`): a second sweep in a folder where one runs is refused;
 1. writes the plan to `folder/sweep.json`, or finds the same plan there (same fingerprint) and resumes:
    the cells listed in `cells.jsonl` with their images on disk are not run again, and the plan stored
    first (its drawn seeds included) is the one used;
@@ -24,6 +25,7 @@ from hayai import paths
 from hayai.errors import RequestError
 from hayai.generation.options import RunOptions
 from hayai.sweep.axes import format_value
+from hayai.sweep.lock import sweep_lock
 from hayai.sweep.plan import SweepPlan
 from hayai.sweep.records import append_state, cell_row, read_state, write_csv, write_json
 
@@ -103,8 +105,13 @@ def _eta(started: float, work_done_here: float, work_left: float) -> float | Non
 
 def run_sweep(engine, plan: SweepPlan, folder: Path | None = None, *, restart: bool = False,
               progress: Callable[[SweepProgress], None] | None = None) -> SweepResult:
-    """Run (or resume) the sweep `plan` in `folder` (default: `default_folder(plan)`)."""
+    """Run (or resume) the sweep `plan` in `folder` (default: `default_folder(plan)`); one sweep per folder at a time."""
     folder = Path(folder).expanduser() if folder else default_folder(plan)
+    with sweep_lock(folder):
+        return _run_sweep(engine, plan, folder, restart, progress)
+
+
+def _run_sweep(engine, plan: SweepPlan, folder: Path, restart: bool, progress) -> SweepResult:
     if restart:
         for name in (PLAN_FILE, STATE_FILE):
             (folder / name).unlink(missing_ok=True)

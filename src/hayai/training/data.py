@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hayai.dataset.prepare import Manifest
+from hayai.errors import HayaiError
 from hayai.models.families import Family
 
 __all__ = [
@@ -95,8 +96,12 @@ def load_pixels(example: Example):
     import torch
     from PIL import Image
 
-    with Image.open(example.file) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    try:
+        with Image.open(example.file) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # changed since it was prepared
+        raise HayaiError(f"prepared image {example.file} cannot be read ({type(exc).__name__}: {exc}): the dataset "
+                         "changed after it was prepared; prepare it again (`hayai dataset prepare`)") from None
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
