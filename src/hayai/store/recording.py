@@ -44,7 +44,7 @@ def recorded_run(store, kind: str, *, request: dict, model: str, model_hash: str
     try:
         yield run
     except KeyboardInterrupt:
-        run.status, run.error = "interrupted", "interrupted by the user"
+        run.status, run.error = "interrupted", run.error or "interrupted by the user"
         raise
     except BaseException as exc:
         run.status, run.error = "error", f"{type(exc).__name__}: {exc}"

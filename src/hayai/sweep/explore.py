@@ -59,6 +59,7 @@ def refine_request(image_path: Path, **overrides) -> tuple[GenerationRequest, li
 
     request, keep, warnings = request_from_image(Path(image_path))
     seed = (request.seed + (min(keep) if keep else 0)) % (MAX_SEED + 1)  # image i of a batch has seed + i
+    overrides.setdefault("output_dir", str(Path(image_path).expanduser().resolve().parent))  # beside the image
     try:
         request = dataclasses.replace(request, seed=seed, batch_size=1, batch_count=1, **overrides)
     except TypeError as error:

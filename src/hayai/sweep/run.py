@@ -24,6 +24,7 @@ from typing import Callable
 from hayai import paths
 from hayai.errors import RequestError
 from hayai.generation.options import RunOptions
+from hayai.store.recording import recorded_run
 from hayai.sweep.axes import format_value
 from hayai.sweep.lock import sweep_lock
 from hayai.sweep.plan import SweepPlan
@@ -124,53 +125,46 @@ def _run_sweep(engine, plan: SweepPlan, folder: Path, restart: bool, progress) -
     work_done = sum(cell.work for cell in plan.cells if cell.key in done)
     axis_names = {name: axis.kind.key for name, axis in plan.axes.items()}
     record = {**{k: v for k, v in plan.to_dict().items() if k != "cells"}, "cells": len(plan.cells), "folder": str(folder)}
-    run_id = engine.store.start_run("sweep", request=record,
-                                    model=plan.base.model or "", model_hash=None, device=engine.device_spec.torch_device)
-    status, error, ran = "error", None, 0
-    started, work_here = time.perf_counter(), 0.0
-    try:
-        emit(SweepProgress(len(done), len(plan.cells), work_done, total_work, None, "", resumed))
-        for cell in plan.run_order():
-            if cell.key in done:
-                continue
-            detail = ", ".join(cell.labels)
+    ran, started, work_here = 0, time.perf_counter(), 0.0
+    with recorded_run(engine.store, "sweep", request=record, model=plan.base.model or "", model_hash=None,
+                      device=engine.device_spec.torch_device) as run:
+        try:
+            emit(SweepProgress(len(done), len(plan.cells), work_done, total_work, None, "", resumed))
+            for cell in plan.run_order():
+                if cell.key in done:
+                    continue
+                detail = ", ".join(cell.labels)
 
-            def on_event(event, cell=cell, detail=detail):
-                if event.phase == "denoise" and event.total:
-                    part = cell.work * event.done / event.total
-                    emit(SweepProgress(len(done), len(plan.cells), work_done + part, total_work,
-                                       _eta(started, work_here + part, total_work - work_done - part), detail, resumed))
+                def on_event(event, cell=cell, detail=detail):
+                    if event.phase == "denoise" and event.total:
+                        part = cell.work * event.done / event.total
+                        emit(SweepProgress(len(done), len(plan.cells), work_done + part, total_work,
+                                           _eta(started, work_here + part, total_work - work_done - part), detail, resumed))
 
-            _remove_partial(folder / "images", cell.key)
-            strategy = cell.strategy if cell.strategy is not None else plan.strategy
-            options = RunOptions(strategy=strategy or engine.forced_strategy, allow_lossy=engine.allow_lossy,
-                                 progress=on_event)
-            result = engine.generate(cell.request, options)
-            row = cell_row(cell, result, axis_names)
-            append_state(folder / STATE_FILE, row)
-            done[cell.key] = row
-            ran += 1
-            work_done += cell.work
-            work_here += cell.work
-            emit(SweepProgress(len(done), len(plan.cells), work_done, total_work,
-                               _eta(started, work_here, total_work - work_done), detail, resumed))
-        rows = [done[cell.key] for cell in plan.cells]
-        outputs = write_outputs(plan, rows, folder)
-        status = "ok"
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user"
-        raise
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        engine.store.finish_run(run_id, status=status, seeds=sorted({s for row in done.values() for s in row["seeds"]}),
-                                timings={"seconds": round(time.perf_counter() - started, 4)}, peak_memory_bytes=max(
-                                    (row["peak_memory_bytes"] or 0 for row in done.values()), default=None),
-                                outputs=[str(p) for p in (outputs if status == "ok" else [])], error=error,
-                                events=[{"cells": len(plan.cells), "ran": ran, "resumed": resumed}])
+                _remove_partial(folder / "images", cell.key)
+                strategy = cell.strategy if cell.strategy is not None else plan.strategy
+                options = RunOptions(strategy=strategy or engine.forced_strategy, allow_lossy=engine.allow_lossy,
+                                     progress=on_event)
+                result = engine.generate(cell.request, options)
+                row = cell_row(cell, result, axis_names)
+                append_state(folder / STATE_FILE, row)
+                done[cell.key] = row
+                ran += 1
+                work_done += cell.work
+                work_here += cell.work
+                emit(SweepProgress(len(done), len(plan.cells), work_done, total_work,
+                                   _eta(started, work_here, total_work - work_done), detail, resumed))
+            rows = [done[cell.key] for cell in plan.cells]
+            outputs = write_outputs(plan, rows, folder)
+            for path in outputs:
+                run.image(path, plan.base.seed)  # the sweep's own files; each cell's images are in its generate run
+        finally:
+            run.seeds = sorted({s for row in done.values() for s in row["seeds"]})
+            run.timings = {"seconds": round(time.perf_counter() - started, 4)}
+            run.peak_memory_bytes = max((row["peak_memory_bytes"] or 0 for row in done.values()), default=None)
+            run.events = [{"cells": len(plan.cells), "ran": ran, "resumed": resumed}]
     csv_path, json_path, chart_path, *grids = outputs
-    return SweepResult(plan, folder, rows, ran, resumed, grids, csv_path, json_path, chart_path, run_id)
+    return SweepResult(plan, folder, rows, ran, resumed, grids, csv_path, json_path, chart_path, run.run_id)
 
 
 def _remove_partial(images: Path, key: str) -> None:

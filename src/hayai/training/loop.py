@@ -34,6 +34,7 @@ import torch
 from hayai.dataset import load_manifest
 from hayai.dataset.prepare import MANIFEST
 from hayai.errors import RequestError
+from hayai.store.recording import recorded_run
 from hayai.hardware import cap_memory, parse_size
 from hayai.models.families import Family
 from hayai.training import checkpoint as ckpt
@@ -310,95 +311,100 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
         session.offload_idle()
         session.denoiser.to(device)
 
-    if processes.main:
-        run.run_id = store.start_run("train_lora", request=config.to_dict(), model=source.name, model_hash=model_hash,
-                                     device=str(device))
-        store.start_training(run.run_id, name=config.output_name, run_dir=str(run_dir), dataset=str(config.dataset),
-                             family=family.value, total_steps=config.steps,
-                             resumed_from=run.step if resumed_from else None, config=config.to_dict())
-    memory = PeakMemory(device)
-    memory.reset()
-    status, error, events, lora_path = "error", None, [], None
-    # LoRA dropout draws from torch's global generators: seeded for the run, the caller's state put back after
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    recording = (recorded_run(store, "train_lora", request=config.to_dict(), model=source.name, model_hash=model_hash,
+                              device=str(device)) if processes.main else contextlib.nullcontext())
     try:
-        # 7. the loop
-        with _StopFlag(should_stop) as stop, torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(config.seed + 1)
-            if saved_state is not None:
-                ckpt.restore_rng(saved_state["rng"], run.generator)
+        with recording as record:
+            if record is not None:
+                run.run_id = record.run_id
+                store.start_training(run.run_id, name=config.output_name, run_dir=str(run_dir), dataset=str(config.dataset),
+                                     family=family.value, total_steps=config.steps,
+                                     resumed_from=run.step if resumed_from else None, config=config.to_dict())
+            memory = PeakMemory(device)
+            memory.reset()
+            status, events, lora_path = "error", [], None
+            # LoRA dropout draws from torch's global generators: seeded for the run, the caller's state put back after
+            rng_devices = [device.index or 0] if device.type == "cuda" else []
+            try:
+                # 7. the loop
+                with _StopFlag(should_stop) as stop, torch.random.fork_rng(devices=rng_devices):
+                    torch.manual_seed(config.seed + 1)
+                    if saved_state is not None:
+                        ckpt.restore_rng(saved_state["rng"], run.generator)
 
-            def notify(event: TrainEvent) -> None:
-                try:
-                    emit(event)
-                except KeyboardInterrupt:
-                    stop.requested = True
+                    def notify(event: TrainEvent) -> None:
+                        try:
+                            emit(event)
+                        except KeyboardInterrupt:
+                            stop.requested = True
 
-            rng = ckpt.rng_state(run.generator)  # the random state at the boundary of the last completed step
-            if run.step == 0 and validation and processes.main:
-                with timer.phase("validate"):
-                    run.val_losses.append((0, run.validation_loss()))
-                notify(TrainEvent("validate", 0, config.steps, val_loss=run.val_losses[-1][1]))
-            while run.step < config.steps and not _agreed(stop(), processes):
-                with timer.phase("train"):
-                    loss, lr = run.optimizer_step()
-                rng = ckpt.rng_state(run.generator)
-                run.losses.append((run.step, loss))
-                run.lrs.append((run.step, lr))
-                if not processes.main:
-                    continue
-                last, val = run.step == config.steps, None
-                if validation and (run.step % config.validation_every == 0 or last):
-                    with timer.phase("validate"):
-                        val = run.validation_loss()
-                    run.val_losses.append((run.step, val))
-                if run.step % config.checkpoint_every == 0 or last:
-                    run.checkpoint(rng)
-                    notify(TrainEvent("checkpoint", run.step, config.steps, message=str(run.last_checkpoint)))
-                if config.sample_every and (run.step % config.sample_every == 0 or last):
-                    with timer.phase("samples"):
-                        run.files["samples"] = str(run.samples())
-                    notify(TrainEvent("sample", run.step, config.steps, message=run.files["samples"]))
-                if val is not None or run.step % config.checkpoint_every == 0 or last:
-                    run.chart()
-                    run.log()
-                notify(TrainEvent("train", run.step, config.steps, loss=loss, lr=lr, val_loss=val))
-            interrupted = run.step < config.steps
-            if interrupted and processes.main:
-                events.append({"event": "interrupted", "step": run.step})
-                run.checkpoint(rng)
-                run.chart()
-                run.log()
-        # 8. the files
-        if not interrupted and processes.main:
-            with timer.phase("save"):
-                emit(TrainEvent("save", run.step, config.steps, message="writing the LoRA"))
-                final = run.write_lora(run_dir, _now())
-                run.files["kohya"] = str(final)
-                if "diffusers" in config.save_formats:
-                    run.files["diffusers"] = str(save_diffusers(run_dir / "diffusers", network))
-                catalog_file.parent.mkdir(parents=True, exist_ok=True)
-                partial = catalog_file.with_name(catalog_file.name + ".partial")
-                shutil.copyfile(final, partial)
-                partial.replace(catalog_file)
-                lora_path = catalog_file
-                store.update_training(run.run_id, last_step=run.step, lora_path=str(catalog_file))
-        processes.barrier()
-        status = "interrupted" if interrupted else "ok"
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted during a step; the last checkpoint is kept"
-        raise
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
+                    rng = ckpt.rng_state(run.generator)  # the random state at the boundary of the last completed step
+                    if run.step == 0 and validation and processes.main:
+                        with timer.phase("validate"):
+                            run.val_losses.append((0, run.validation_loss()))
+                        notify(TrainEvent("validate", 0, config.steps, val_loss=run.val_losses[-1][1]))
+                    while run.step < config.steps and not _agreed(stop(), processes):
+                        with timer.phase("train"):
+                            loss, lr = run.optimizer_step()
+                        rng = ckpt.rng_state(run.generator)
+                        run.losses.append((run.step, loss))
+                        run.lrs.append((run.step, lr))
+                        if not processes.main:
+                            continue
+                        last, val = run.step == config.steps, None
+                        if validation and (run.step % config.validation_every == 0 or last):
+                            with timer.phase("validate"):
+                                val = run.validation_loss()
+                            run.val_losses.append((run.step, val))
+                        if run.step % config.checkpoint_every == 0 or last:
+                            run.checkpoint(rng)
+                            notify(TrainEvent("checkpoint", run.step, config.steps, message=str(run.last_checkpoint)))
+                        if config.sample_every and (run.step % config.sample_every == 0 or last):
+                            with timer.phase("samples"):
+                                run.files["samples"] = str(run.samples())
+                            notify(TrainEvent("sample", run.step, config.steps, message=run.files["samples"]))
+                        if val is not None or run.step % config.checkpoint_every == 0 or last:
+                            run.chart()
+                            run.log()
+                        notify(TrainEvent("train", run.step, config.steps, loss=loss, lr=lr, val_loss=val))
+                    interrupted = run.step < config.steps
+                    if interrupted and processes.main:
+                        events.append({"event": "interrupted", "step": run.step})
+                        run.checkpoint(rng)
+                        run.chart()
+                        run.log()
+                # 8. the files
+                if not interrupted and processes.main:
+                    with timer.phase("save"):
+                        emit(TrainEvent("save", run.step, config.steps, message="writing the LoRA"))
+                        final = run.write_lora(run_dir, _now())
+                        run.files["kohya"] = str(final)
+                        if "diffusers" in config.save_formats:
+                            run.files["diffusers"] = str(save_diffusers(run_dir / "diffusers", network))
+                        catalog_file.parent.mkdir(parents=True, exist_ok=True)
+                        partial = catalog_file.with_name(catalog_file.name + ".partial")
+                        shutil.copyfile(final, partial)
+                        partial.replace(catalog_file)
+                        lora_path = catalog_file
+                        store.update_training(run.run_id, last_step=run.step, lora_path=str(catalog_file))
+                processes.barrier()
+                status = "interrupted" if interrupted else "ok"
+                if record is not None:
+                    record.status = status
+            except KeyboardInterrupt:
+                status = "interrupted"
+                if record is not None:
+                    record.error = "interrupted during a step; the last checkpoint is kept"
+                raise
+            finally:
+                network.detach()
+                reading = memory.read()
+                if record is not None:
+                    record.outputs = ([run.files[k] for k in ("kohya", "diffusers") if k in run.files]
+                                      + ([str(lora_path)] if lora_path else []))
+                    record.seeds, record.timings, record.peak_memory_bytes = [config.seed], timer.seconds, reading.peak_bytes
+                    record.events = [{"plan": list(plan.reasons)}, *events]
     finally:
-        network.detach()
-        reading = memory.read()
-        if run.run_id is not None:
-            outputs = [run.files[k] for k in ("kohya", "diffusers") if k in run.files] + ([str(lora_path)] if lora_path else [])
-            store.finish_run(run.run_id, status=status, seeds=[config.seed], timings=timer.seconds,
-                             peak_memory_bytes=reading.peak_bytes, outputs=outputs, error=error,
-                             events=[{"plan": list(plan.reasons)}, *events])
         if own_store:
             store.close()
     return TrainResult(run.run_id, status, run_dir, run.step, config.steps, lora_path, run.files, run.losses,
