@@ -14,8 +14,13 @@ from hayai.cli.output import console, err_console, format_bytes, printable, prog
 from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, RunFlags, request_options, run_flags
 
 
+_WITHOUT_IMAGE = tuple(name for name in IMG2IMG if name != "init_image")  # the image is their argument
+
+
 @run_flags()
-@request_options(*COMMON, "denoising_strength", *HIRES)
+@request_options(*COMMON, "denoising_strength", *HIRES,
+                 flags={"denoising_strength": ("--hires-denoise", "--denoise")},
+                 helps={"denoising_strength": "Hires passes: 0 keeps the first pass, 1 replaces it \\[0.75]."})
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="What to draw (A1111-style prompt)."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Regenerate the image this file's metadata describes."),
@@ -34,7 +39,7 @@ def generate(
 
 
 @run_flags()
-@request_options(*COMMON, *IMG2IMG)
+@request_options(*COMMON, *_WITHOUT_IMAGE)
 def img2img(
     image: Path = typer.Argument(..., help="The image to start from."),
     prompt: str = typer.Argument(..., help="What to make of it (A1111-style prompt)."),
@@ -46,7 +51,7 @@ def img2img(
 
 
 @run_flags()
-@request_options(*COMMON, *IMG2IMG, *INPAINT)
+@request_options(*COMMON, *_WITHOUT_IMAGE, *INPAINT)
 def inpaint(
     image: Path = typer.Argument(..., help="The image to change."),
     prompt: str = typer.Argument(..., help="What to draw where the mask is white (A1111-style prompt)."),

@@ -33,9 +33,10 @@ _ANNOTATIONS = {"str": Optional[str], "int": Optional[int], "float": Optional[fl
                 "strs": Optional[list[str]], "sizes": Optional[str]}
 
 
-def _option(spec: RequestField, help_text: str | None) -> inspect.Parameter:
+def _option(spec: RequestField, help_text: str | None, flags: tuple[str, ...] | None = None) -> inspect.Parameter:
     default = False if spec.type == "bool" else None
-    option = typer.Option(default, *spec.flags, help=help_text or spec.help, rich_help_panel=_PANELS.get(spec.kinds))
+    option = typer.Option(default, *(flags or spec.flags), help=help_text or spec.help,
+                          rich_help_panel=_PANELS.get(spec.kinds))
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                              annotation=_ANNOTATIONS[spec.type])
 
@@ -70,9 +71,11 @@ def _extend(command, added: list[inspect.Parameter], bundle: str, collect):
     return wrapper
 
 
-def request_options(*names: str, helps: dict[str, str] | None = None):
-    """Add the options of the request fields `names` to a command that takes `given: dict` (the fields set)."""
-    helps = helps or {}
+def request_options(*names: str, helps: dict[str, str] | None = None, flags: dict[str, tuple[str, ...]] | None = None):
+    """Add the options of the request fields `names` to a command that takes `given: dict` (the fields set).
+
+    `helps` and `flags` replace a field's help text or CLI flags in this command."""
+    helps, flags = helps or {}, flags or {}
     specs = [FIELD[name] for name in names]
 
     def collect(kwargs) -> dict:
@@ -83,7 +86,8 @@ def request_options(*names: str, helps: dict[str, str] | None = None):
                 given[spec.name] = _value(spec, value)
         return given
 
-    return lambda command: _extend(command, [_option(spec, helps.get(spec.name)) for spec in specs], "given", collect)
+    added = [_option(spec, helps.get(spec.name), flags.get(spec.name)) for spec in specs]
+    return lambda command: _extend(command, added, "given", collect)
 
 
 @dataclass(frozen=True)

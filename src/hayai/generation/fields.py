@@ -98,7 +98,7 @@ FIELDS: tuple[RequestField, ...] = (
     _F("init_image", "str", None, "The image to start from (img2img, inpainting).", ("--image",), api="init_images", kinds=("img2img", "inpaint")),
     _F("denoising_strength", "float", 0.75,
        "Denoising strength: 0 keeps the input, 1 replaces it (img2img, inpainting, hires passes) \\[0.75].",
-       ("--strength", "--denoise", "--hires-denoise"), api="denoising_strength", label="Denoising",
+       ("--strength", "--denoise"), api="denoising_strength", label="Denoising",
        aliases=("denoise", "strength", "denoising_strength", "hires_denoise"), infotext="Denoising strength",
        minimum=0.0, maximum=1.0, kinds=("img2img", "inpaint", "hires")),
     _F("denoise_steps", "str", "a1111",
