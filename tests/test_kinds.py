@@ -92,14 +92,18 @@ def test_a1111_step_count_runs_the_denoiser_that_often(tiny_folders, tmp_path):
     assert len(steps) == 4 and steps[-1].done == steps[-1].total == 4  # int(0.35 * 10) + 1
 
 
-def test_inpaint_equals_diffusers_and_keeps_every_unmasked_pixel(tiny_folders, tmp_path):
-    folder = str(tiny_folders[Family.SD1])
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.value)
+def test_inpaint_equals_diffusers_and_keeps_every_unmasked_pixel(family, tiny_folders, tmp_path):
+    folder = str(tiny_folders[family])
+    sampler, sampler_cls = _sampler(family)
     source, mask = _input_image(tmp_path / "in.png"), _corner_mask(tmp_path / "mask.png")
     request = GenerationRequest("a blue square", model=folder, init_image=source, mask=mask, mask_blur=0, steps=4,
-                                denoising_strength=0.9, denoise_steps="diffusers", sampler="Euler a", seed=5,
+                                denoising_strength=0.9, denoise_steps="diffusers", sampler=sampler, seed=5,
                                 output_dir=str(tmp_path / "out"))
     ours = Engine(device="cpu").generate(request).images[0].image
-    raw = _diffusers(folder, CLASSES[Family.SD1][1], "EulerAncestralDiscreteScheduler", prompt="a blue square",
+    # negative_prompt="": hayai encodes the empty negative prompt, as A1111 does, where SDXL's pipeline given
+    # None would use zeros (force_zeros_for_empty_prompt)
+    raw = _diffusers(folder, CLASSES[family][1], sampler_cls, prompt="a blue square", negative_prompt="",
                      image=Image.open(source).convert("RGB"), mask_image=Image.open(mask), strength=0.9,
                      num_inference_steps=4, guidance_scale=7.0, height=64, width=64,
                      generator=[torch.Generator("cpu").manual_seed(5)])[0]
