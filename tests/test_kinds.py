@@ -239,7 +239,6 @@ def test_history_has_each_image_as_soon_as_it_is_saved(tiny_folders, tmp_path):
     ({"init_image": "missing.png"}, "file not found"),
     ({"mask": "wrong-size"}, "mask is 32x32 but init_image is 64x64"),
     ({"hr_upscaler": "4x-UltraSharp", "init_image": None, "hr_scale": 2.0}, "hr_upscaler='4x-UltraSharp' is not available"),
-    ({"masked_content": "latent noise", "mask": "ok"}, "not supported yet"),
     ({"init_image": None, "mask": "ok"}, "inpainting needs the image"),
 ])
 def test_bad_image_to_image_input_fails_before_the_model_loads(changes, message, tiny_folders, tmp_path, monkeypatch):
@@ -286,3 +285,19 @@ def test_demo_model_inpaints_a_blue_square_in_the_masked_corner(tmp_path):
     untouched = np.asarray(blur_mask(Image.open(tmp_path / "mask.png"), 4)) == 0
     np.testing.assert_array_equal(_pixels(image)[untouched], _pixels(Image.open(tmp_path / "in.png"))[untouched])
     assert inside.sum() > 0 and score is not None
+
+
+@pytest.mark.parametrize("content", ["latent noise", "latent nothing"])
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.value)
+def test_latent_masked_content_redraws_only_the_mask(family, content, tiny_folders, tmp_path):
+    source, mask = _input_image(tmp_path / "in.png"), _corner_mask(tmp_path / "mask.png")
+    base = dict(model=str(tiny_folders[family]), init_image=source, mask=mask, mask_blur=0, steps=3, seed=5,
+                denoising_strength=0.6, sampler=_sampler(family)[0], output_dir=str(tmp_path))
+    engine = Engine(device="cpu")
+    latent = engine.generate(GenerationRequest("a blue square", masked_content=content, **base)).images[0].image
+    original = engine.generate(GenerationRequest("a blue square", **base)).images[0].image
+    inside = np.asarray(Image.open(mask)) > 0
+    np.testing.assert_array_equal(_pixels(latent)[~inside], _pixels(Image.open(source))[~inside])
+    assert np.abs(_pixels(latent)[inside] - _pixels(original)[inside]).mean() > 1  # it started from something else
+    assert f"Masked content: {content}" in engine.generate(
+        GenerationRequest("a blue square", masked_content=content, **base), save=False).images[0].infotext

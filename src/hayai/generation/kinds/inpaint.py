@@ -5,8 +5,10 @@ inpainting models alike): the mask (white = redraw, or the mask's / the image's 
 blur with A1111's kernel, "only masked" (the padded region around the mask redrawn at the full size,
 then pasted back), masked content "fill" (pre-filled with the surrounding colours) or "original". The
 result is composited over the input through the blurred mask, so pixels the mask leaves at 0 come back
-exactly. "latent noise" and "latent nothing" need the latent itself edited, which diffusers' inpainting
-pipelines do not allow for 4-channel models; they are refused with a clear message.
+exactly. "latent noise" and "latent nothing" start the masked area of the latent from noise drawn from the
+image's seed, or from zeros (A1111's `init_latent * mask + noise * nmask`): the edited latent is handed to
+diffusers' pipeline as its image (with `masked_image_latents`, so it is not multiplied by a pixel-sized mask);
+that needs a plain model, as the 9-channel inpainting models condition on the masked image itself.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import dataclasses
 from hayai.errors import RequestError
 from hayai.generation.inputs import keep_input, open_input
 from hayai.generation.kinds.base import BatchRun, PipelineKind, img2img_schedule
-from hayai.generation.kinds.img2img import Img2Img
+from hayai.generation.kinds.img2img import Img2Img, encode_latents
 from hayai.generation.kinds.pixels import binary_mask, blur_mask, crop_region, paste_back, prefill, resize_image
 from hayai.models.families import Family
 
 __all__ = ["Inpaint"]
+
+LATENT_CONTENT = ("latent noise", "latent nothing")
 
 
 class Inpaint(PipelineKind):
@@ -39,12 +43,6 @@ class Inpaint(PipelineKind):
                 raise RequestError(f"mask is {shape.width}x{shape.height} but init_image is {init.width}x{init.height}; "
                                    "give a mask of the image's size")
         return dataclasses.replace(request, mask=mask), size
-
-    def check(self, request, family):
-        super().check(request, family)
-        if request.masked_content in ("latent noise", "latent nothing"):
-            raise RequestError(f"masked_content={request.masked_content!r} is not supported yet (diffusers' inpainting "
-                               "pipelines take no edited latent); use 'original' or 'fill'")
 
     def steps_run(self, request):
         return img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)[2]
@@ -77,5 +75,38 @@ class Inpaint(PipelineKind):
         total, strength, runs = img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)
         pass_request = dataclasses.replace(request, steps=total)
         extra = {"image": [image] * len(seeds), "mask_image": [mask] * len(seeds), "strength": strength}
+        if request.masked_content in LATENT_CONTENT:
+            latents = self._latent_start(batch, pipe, image, mask, seeds, request.masked_content)
+            extra.update(image=latents, masked_image_latents=latents)
         results = batch.call(pipe, pass_request, seeds, extra, runs)
         return [paste_back(overlay_base, result, overlay_mask, box) for result in results]
+
+    @staticmethod
+    def _latent_start(batch: BatchRun, pipe, image, mask, seeds: list[int], content: str):
+        """The input's latent with the masked area replaced by the seed's noise, or by zeros."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from hayai.generation.execute import OutOfMemoryInPhase
+        from hayai.memory.apply import is_out_of_memory
+
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        if denoiser.config.in_channels != pipe.vae.config.latent_channels:
+            raise RequestError(f"masked content {content!r} needs a plain model: an inpainting model "
+                               "(9-channel UNet) draws from the masked image itself; use 'original' or 'fill'")
+        try:
+            with batch.timer.phase("vae_encode"):
+                latents = torch.cat([encode_latents(pipe, image, seed) for seed in seeds])
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise OutOfMemoryInPhase("vae_encode", error) from error
+            raise
+        factor = pipe.vae_scale_factor
+        small = mask.resize((image.width // factor, image.height // factor), Image.Resampling.BILINEAR)
+        redraw = torch.from_numpy(np.rint(np.asarray(small, dtype=np.float32) / 255.0))[None, None].to(latents)
+        if content == "latent nothing":
+            return latents * (1 - redraw)
+        noise = torch.cat([torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(seed))[None]
+                           for seed in seeds]).to(latents)
+        return latents * (1 - redraw) + noise * redraw
