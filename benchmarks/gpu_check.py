@@ -111,15 +111,22 @@ def run_stage(name: str, limit: float, *, dry: bool, jsonl: Path, scratch: Path,
 
 
 def _append(jsonl: Path, record: dict) -> None:
+    """The driver's own line (a stage's timeout or crash), on a line of its own even after a killed writer's half line."""
+    torn = jsonl.is_file() and jsonl.stat().st_size > 0 and not jsonl.read_bytes().endswith(b"\n")
     with open(jsonl, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record) + "\n")
     print(f"[{record['stage']}] {record['status']}", file=sys.stderr, flush=True)
 
 
 def read_lines(jsonl: Path) -> list[dict]:
-    if not jsonl.is_file():
-        return []
-    return [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Every whole JSON line (a line cut short by a kill is left out)."""
+    lines = []
+    for text in jsonl.read_text(encoding="utf-8").splitlines() if jsonl.is_file() else []:
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return lines
 
 
 def _preload() -> None:

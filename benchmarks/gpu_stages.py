@@ -413,7 +413,7 @@ def ladder(ctx: StageContext) -> None:
     for cap, arch in DRY_LADDER if ctx.dry else LADDER:
         ref, native = ctx.model(arch)
         item = f"{arch}@{native} vram {cap}"
-        if not ctx.has_time(ctx.seconds(35), item):
+        if not ctx.has_time(ctx.seconds(40), item):
             continue
         baseline = memory.now()
         engine = Engine(device=ctx.device, vram=parse_size(cap))
@@ -555,9 +555,9 @@ class Stage:
 STAGES = (
     Stage("facts", machine_facts, 20, cuda=False, models=False),
     Stage("link", link_and_kernels, 20, models=False),
-    Stage("resident", resident, 100),
-    Stage("offload", offload, 100),
-    Stage("ladder", ladder, 70),
+    Stage("resident", resident, 90),
+    Stage("offload", offload, 90),
+    Stage("ladder", ladder, 90),  # each step down rebuilds the model: sdxl at 4 GB may take ten
     Stage("train", train, 60),
     Stage("pytest", gpu_tests, 45, models=False),
     Stage("compile", compiled, 90, optional=True),

@@ -105,3 +105,10 @@ def test_without_cuda_a_real_run_skips_the_stages_that_need_it(tmp_path):
     summary = gpu_check.main(["--out", str(tmp_path), "--stages", "facts,link,resident"])
     assert summary["stages"] == {"facts": "ok", "link": "skipped (no CUDA)", "resident": "skipped (no CUDA)"}
     assert not (tmp_path / "time_model.json").exists()
+
+
+def test_a_line_cut_short_by_a_killed_stage_costs_only_itself(tmp_path):
+    jsonl = tmp_path / "gpu_check.jsonl"
+    jsonl.write_text('{"stage": "facts", "item": "machine"}\n{"stage": "resident", "item": "sd15@5')  # killed mid-write
+    gpu_check._append(jsonl, {"stage": "resident", "status": "timeout"})
+    assert gpu_check.read_lines(jsonl) == [{"stage": "facts", "item": "machine"}, {"stage": "resident", "status": "timeout"}]
