@@ -18,16 +18,16 @@ import platform
 import re
 import subprocess
 import sys
-import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import Memory
+from gpu_measure import (PROMPT, Memory, PeakPoller, base_strategy, generate, injected_oom, phase_errors, prediction,
+                         sync, teardown, without_result)
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT = "a small red circle at the top left on a white background"
 # the architectures and their native sizes; in a dry run a tiny pipeline of the same family stands in
 ARCHS = {"sd15": 512, "sdxl": 1024, "sd35m": 1024}
 ARCH_FAMILY = {"sd15": "sd1", "sdxl": "sdxl", "sd35m": "sd3"}
@@ -69,6 +69,16 @@ class StageContext:
         self.emit(item=item, status="skipped (deadline)", needed_s=seconds, left_s=round(self.remaining(), 1))
         return False
 
+    @contextlib.contextmanager
+    def guarded(self, item: str):
+        """Record an item that fails, with its error, and go on with the next one (one broken placement must
+        not cost the others their one run on a lent GPU)."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - a result of the check, recorded
+            self.emit(item=item, status="error", error=f"{type(error).__name__}: {error}"[:2000],
+                      traceback=traceback.format_exc()[-3000:])
+
     def model(self, arch: str) -> tuple[str, int]:
         """(model reference, native size) of `arch`: the real architecture, or in a dry run its tiny stand-in."""
         if self.dry:
@@ -86,157 +96,6 @@ def _short(record: dict) -> str:
 
 def sizes(native: int) -> list[int]:
     return [round(native * scale / SIZE_STEP) * SIZE_STEP for scale in SCALES]
-
-
-def _sync(cuda: bool) -> None:
-    if cuda:
-        import torch
-
-        torch.cuda.synchronize()
-
-
-# -- measuring a generation ----------------------------------------------------------------------------
-def _components(pipe) -> dict[str, list]:
-    """The modules whose forward is each phase: text encoders, the denoiser, the VAE decoder."""
-    encoders = [m for m in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")) if m is not None]
-    return {"text_encode": encoders, "denoise": [getattr(pipe, "unet", None) or pipe.transformer], "vae_decode": [pipe.vae.decoder]}
-
-
-@contextlib.contextmanager
-def phase_peaks(pipe, memory: Memory, into: dict):
-    """Peak memory of each phase's forwards: the mark is reset as a phase's module is entered (before any
-    offload hook moves its weights in) and read as it returns; a phase keeps its highest reading."""
-    handles = []
-    for phase, modules in _components(pipe).items():
-        for module in modules:
-            handles.append(module.register_forward_pre_hook(lambda *_: memory.reset_peak()))
-            handles.append(module.register_forward_hook(
-                lambda *_, phase=phase: into.__setitem__(phase, max(into.get(phase, 0), memory.peak()))))
-    try:
-        yield into
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _real(module, args) -> bool:
-    """Whether a forward works on real tensors: the planner's FLOP counts run the models on the meta device."""
-    import torch
-
-    tensors = [p for p in [next(module.parameters(), None)] if p is not None] + [a for a in args if isinstance(a, torch.Tensor)]
-    return bool(tensors) and all(t.device.type != "meta" for t in tensors)
-
-
-@contextlib.contextmanager
-def first_forward_peak(memory: Memory, into: dict):
-    """The peak from the run's start (the engine resets the mark) to the first real module forward: the
-    model's build and placement, before any text is encoded."""
-    from torch.nn.modules.module import register_module_forward_pre_hook
-
-    def hook(module, args):
-        if _real(module, args):
-            into.setdefault("placement", memory.peak())
-            handle.remove()
-
-    handle = register_module_forward_pre_hook(hook)
-    try:
-        yield into
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def injected_oom(classes=("UNet2DConditionModel", "SD3Transformer2DModel")):
-    """Dry runs: the denoiser's first forward raises an out-of-memory error, as a card too small would."""
-    import torch
-    from torch.nn.modules.module import register_module_forward_pre_hook
-
-    def hook(module, args):
-        if type(module).__name__ in classes and _real(module, args):
-            handle.remove()
-            raise torch.OutOfMemoryError("CUDA out of memory (injected by gpu_check --dry-run)")
-
-    handle = register_module_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def generate(engine, ref: str, size: int, steps: int, strategy: str | None, memory: Memory, *,
-             placement: bool = False, phases: bool = False) -> dict:
-    """One image through `engine`: seconds per step (between the first and last step callbacks, which wait
-    for the device), the run's peak, and on request the placement peak or every phase's peak."""
-    from hayai.generation.options import RunOptions
-    from hayai.generation.request import GenerationRequest
-
-    stamps: list[float] = []
-    peaks: dict = {}
-
-    def progress(event):
-        if event.phase == "denoise":
-            stamps.append(time.perf_counter())
-
-    request = GenerationRequest(PROMPT, model=ref, steps=steps, cfg_scale=7.0, sampler="Euler", width=size, height=size, seed=0)
-    options = RunOptions(strategy=strategy, save=False, progress=progress)
-    watch = first_forward_peak(memory, peaks) if placement else contextlib.nullcontext()
-    hooked = phase_peaks(engine.load(ref).pipe, memory, peaks) if phases else contextlib.nullcontext()
-    start = time.perf_counter()
-    with watch, hooked:
-        result = engine.generate(request, options)
-    _sync(memory.cuda)
-    out = {"size": size, "steps": steps, "strategy": result.strategy, "seconds": round(time.perf_counter() - start, 4),
-           "s_per_step": round((stamps[-1] - stamps[0]) / (len(stamps) - 1), 6) if len(stamps) > 1 else None,
-           "timings": result.timings, "events": result.events, "result": result}
-    if placement:
-        out["peak_bytes"] = result.peak_memory.peak_bytes
-        out["placement_peak_bytes"] = peaks.get("placement")
-    if phases:
-        out["phase_peak_bytes"] = {k: peaks[k] for k in ("text_encode", "denoise", "vae_decode") if k in peaks}
-    return out
-
-
-def prediction(engine, ref: str, run: dict) -> dict:
-    """What the planner predicts for the run's request under the strategy that finished it."""
-    from hayai.generation.options import RunOptions
-    from hayai.memory import costs
-    from hayai.memory.planner import _device_class
-
-    result = run["result"]
-    loaded = engine.load(ref)
-    the_plan, _, _ = engine.plan_for(loaded, result.request, RunOptions(strategy=result.strategy))
-    chosen = next(e for e in the_plan.candidates if e.strategy.name == result.strategy)
-    spec = engine.device_spec
-    return {"predicted_peak_bytes": chosen.peak_bytes, "predicted_phase_bytes": chosen.phase_bytes,
-            "predicted_host_bytes": chosen.host_bytes,
-            "predicted_s_per_step": round(chosen.phase_seconds["denoise"] / result.request.steps, 6),
-            "flops_per_step": costs.denoiser_flops(loaded.facts, result.request.width, result.request.height, 2),
-            "kind": costs.architecture_kind(loaded.facts), "device_tflops": spec.tflops, "device_class": _device_class(spec),
-            "planner_choice": the_plan.strategy.name}
-
-
-def _errors(measured: dict, predicted: dict) -> dict:
-    """predicted / measured - 1 per phase (+0.10: the planner predicted 10% more than was used)."""
-    return {k: round(predicted[k] / v - 1, 3) for k, v in measured.items() if v and k in predicted}
-
-
-def _public(run: dict) -> dict:
-    return {k: v for k, v in run.items() if k != "result"}
-
-
-def teardown(memory: Memory, baseline: int) -> int:
-    """Bytes still allocated after the engine is gone, gc has run and the cache is emptied."""
-    from hayai.memory.apply import free_memory
-
-    free_memory()
-    return memory.now() - baseline
-
-
-def _base_strategy(engine) -> str:
-    """The plain resident strategy here ("resident" on a GPU, "cpu-float32" on a CPU)."""
-    from hayai.memory.strategies import candidates
-
-    return candidates(engine.device_spec)[0].name
 
 
 # -- 1. machine facts ----------------------------------------------------------------------------------
@@ -273,12 +132,12 @@ def machine_facts(ctx: StageContext) -> None:
 # -- 2. link speeds, SDPA backends, launch overhead ------------------------------------------------------
 def _best_seconds(run, cuda: bool, repeats: int = 5) -> float:
     run()
-    _sync(cuda)
+    sync(cuda)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        _sync(cuda)
+        sync(cuda)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -327,34 +186,39 @@ def link_and_kernels(ctx: StageContext) -> None:
 
 # -- 3. resident runs: peaks per phase against the planner, speed at three sizes --------------------------
 def resident(ctx: StageContext) -> None:
-    from hayai.generation.engine import Engine
-
     memory = Memory(ctx.device)
-    steps = 2 if ctx.dry else 6
     for arch in ARCHS:
         ref, native = ctx.model(arch)
         if not ctx.has_time(ctx.seconds({"sd15": 15, "sdxl": 30, "sd35m": 40}[arch]), f"{arch}@{native}"):
             continue
         baseline = memory.now()
-        engine = Engine(device=ctx.device)
-        strategy = _base_strategy(engine)
-        run = None
-        cold = generate(engine, ref, native, steps, strategy, memory, placement=True)
-        warm = generate(engine, ref, native, steps, strategy, memory, phases=True)
-        predicted = prediction(engine, ref, warm)
-        ctx.emit(item=f"{arch}@{native}", arch=arch, model=ref, memory=memory.kind, cold={k: v for k, v in _public(cold).items() if k != "size"},
-                 phase_peak_bytes=warm["phase_peak_bytes"], phase_error=_errors(warm["phase_peak_bytes"], predicted["predicted_phase_bytes"]),
-                 **{k: v for k, v in predicted.items() if k.startswith("predicted")})
-        for size in sizes(native):
-            if not ctx.has_time(ctx.seconds(8 if size <= native else 15, 1.0), f"{arch}@{size} timing"):
-                break
-            run = warm if size == native else generate(engine, ref, size, steps, strategy, memory)
-            point = prediction(engine, ref, run)
-            ctx.emit(item=f"{arch}@{size} timing", arch=arch, fit_point=True, size=size, steps=steps, strategy=run["strategy"],
-                     s_per_step=run["s_per_step"], it_per_s=round(1 / run["s_per_step"], 3) if run["s_per_step"] else None,
-                     **{k: point[k] for k in ("predicted_s_per_step", "flops_per_step", "kind", "device_tflops", "device_class")})
-        del engine, cold, warm, run
+        with ctx.guarded(f"{arch}@{native}"):
+            _resident_runs(ctx, arch, ref, native, memory)
         ctx.emit(item=f"{arch} teardown", left_bytes=teardown(memory, baseline))
+
+
+def _resident_runs(ctx: StageContext, arch: str, ref: str, native: int, memory: Memory) -> None:
+    """One engine (dropped on return): a cold run (placement peak), a hooked one (phase peaks), other sizes."""
+    from hayai.generation.engine import Engine
+
+    steps = 2 if ctx.dry else 6
+    engine = Engine(device=ctx.device)
+    strategy = base_strategy(engine)
+    cold = generate(engine, ref, native, steps, strategy, memory, placement=True)
+    warm = generate(engine, ref, native, steps, strategy, memory, phases=True)
+    predicted = prediction(engine, ref, warm)
+    ctx.emit(item=f"{arch}@{native}", arch=arch, model=ref, memory=memory.kind,
+             cold={k: v for k, v in without_result(cold).items() if k != "size"}, phase_peak_bytes=warm["phase_peak_bytes"],
+             phase_error=phase_errors(warm["phase_peak_bytes"], predicted["predicted_phase_bytes"]),
+             **{k: v for k, v in predicted.items() if k.startswith("predicted")})
+    for size in sizes(native):
+        if not ctx.has_time(ctx.seconds(8 if size <= native else 15, 1.0), f"{arch}@{size} timing"):
+            break
+        run = warm if size == native else generate(engine, ref, size, steps, strategy, memory)
+        point = prediction(engine, ref, run)
+        ctx.emit(item=f"{arch}@{size} timing", arch=arch, fit_point=True, size=size, steps=steps, strategy=run["strategy"],
+                 s_per_step=run["s_per_step"], it_per_s=round(1 / run["s_per_step"], 3) if run["s_per_step"] else None,
+                 **{k: point[k] for k in ("predicted_s_per_step", "flops_per_step", "kind", "device_tflops", "device_class")})
 
 
 # -- 4. every offload placement --------------------------------------------------------------------------
@@ -378,25 +242,34 @@ def offload(ctx: StageContext) -> None:
 
     memory, host = Memory(ctx.device), Memory("cpu")
     ref, native = ctx.model(OFFLOAD_ARCH)
-    steps = 2 if ctx.dry else 4
     for name in placements(Engine(device=ctx.device).device_spec):
         item = f"{OFFLOAD_ARCH}@{native} {name}"
         if not ctx.has_time(ctx.seconds(15), item):
             continue
         baseline = memory.now()
-        engine = Engine(device=ctx.device)
-        host.reset_peak()
-        cold = generate(engine, ref, native, 2, name, memory, placement=True)
-        host_peak = host.peak()
-        warm = generate(engine, ref, native, steps, name, memory, phases=True)
-        predicted = prediction(engine, ref, warm)
-        record = dict(item=item, strategy=name, memory=memory.kind, placement_peak_bytes=cold["placement_peak_bytes"], peak_bytes=cold["peak_bytes"],
-                      host_peak_bytes=host_peak, phase_peak_bytes=warm["phase_peak_bytes"], s_per_step=warm["s_per_step"],
-                      seconds=warm["seconds"], timings=warm["timings"], events=cold["events"] + warm["events"],
-                      phase_error=_errors(warm["phase_peak_bytes"], predicted["predicted_phase_bytes"]),
-                      **{k: v for k, v in predicted.items() if k.startswith("predicted")})
-        del engine, cold, warm
-        ctx.emit(**record, left_bytes=teardown(memory, baseline))
+        record = None
+        with ctx.guarded(item):
+            record = _placement_runs(ctx, item, ref, native, name, memory, host)
+        if record is not None:
+            ctx.emit(**record, left_bytes=teardown(memory, baseline))
+
+
+def _placement_runs(ctx: StageContext, item: str, ref: str, native: int, name: str, memory: Memory, host: Memory) -> dict:
+    """A fresh engine under strategy `name` (dropped on return): a cold run for the placement and host peaks, a
+    hooked one for the phase peaks and s/step."""
+    from hayai.generation.engine import Engine
+
+    engine = Engine(device=ctx.device)
+    host.reset_peak()
+    cold = generate(engine, ref, native, 2, name, memory, placement=True)
+    host_peak = host.peak()
+    warm = generate(engine, ref, native, 2 if ctx.dry else 4, name, memory, phases=True)
+    predicted = prediction(engine, ref, warm)
+    return dict(item=item, strategy=name, memory=memory.kind, placement_peak_bytes=cold["placement_peak_bytes"],
+                peak_bytes=cold["peak_bytes"], host_peak_bytes=host_peak, phase_peak_bytes=warm["phase_peak_bytes"],
+                s_per_step=warm["s_per_step"], seconds=warm["seconds"], timings=warm["timings"],
+                events=cold["events"] + warm["events"], phase_error=phase_errors(warm["phase_peak_bytes"], predicted["predicted_phase_bytes"]),
+                **{k: v for k, v in predicted.items() if k.startswith("predicted")})
 
 
 # -- 5. the out-of-memory ladder under a VRAM cap --------------------------------------------------------
@@ -405,10 +278,6 @@ DRY_LADDER = (("2GB", "sd15"), ("1GB", "sd35m"))
 
 
 def ladder(ctx: StageContext) -> None:
-    from hayai.errors import HayaiError
-    from hayai.generation.engine import Engine
-    from hayai.hardware import parse_size
-
     memory = Memory(ctx.device)
     for cap, arch in DRY_LADDER if ctx.dry else LADDER:
         ref, native = ctx.model(arch)
@@ -416,48 +285,33 @@ def ladder(ctx: StageContext) -> None:
         if not ctx.has_time(ctx.seconds(40), item):
             continue
         baseline = memory.now()
-        engine = Engine(device=ctx.device, vram=parse_size(cap))
-        forced = _base_strategy(engine)
-        record = {"item": item, "vram": cap, "forced": forced}
-        try:
-            with injected_oom() if ctx.dry else contextlib.nullcontext():
-                run = generate(engine, ref, native, 2, forced, memory, placement=True)
-            record.update(status="ok", final_strategy=run["strategy"], events=run["events"], peak_bytes=run["peak_bytes"],
-                          placement_peak_bytes=run["placement_peak_bytes"], seconds=run["seconds"], s_per_step=run["s_per_step"],
-                          planner_choice=prediction(engine, ref, run)["planner_choice"])
-            del run
-        except HayaiError as error:  # the ladder ran out: a finding, not a crash of the stage
-            record.update(status="failed", error=str(error))
-        del engine
-        ctx.emit(**record, left_bytes=teardown(memory, baseline))
+        record = None
+        with ctx.guarded(item):  # a raw out-of-memory error escaping the engine is recorded there: a finding
+            record = _ladder_run(ctx, item, cap, ref, native, memory)
+        if record is not None:
+            ctx.emit(**record, left_bytes=teardown(memory, baseline))
+
+
+def _ladder_run(ctx: StageContext, item: str, cap: str, ref: str, native: int, memory: Memory) -> dict:
+    """`resident` forced on an engine capped to `cap`: the step-downs it takes and where it ends."""
+    from hayai.errors import HayaiError
+    from hayai.generation.engine import Engine
+    from hayai.hardware import parse_size
+
+    engine = Engine(device=ctx.device, vram=parse_size(cap))
+    forced = base_strategy(engine)
+    record = {"item": item, "vram": cap, "forced": forced}
+    try:
+        with injected_oom() if ctx.dry else contextlib.nullcontext():
+            run = generate(engine, ref, native, 2, forced, memory, placement=True)
+    except HayaiError as error:  # the ladder ran out
+        return {**record, "status": "failed", "error": str(error)}
+    return {**record, "status": "ok", "final_strategy": run["strategy"], "events": run["events"], "peak_bytes": run["peak_bytes"],
+            "placement_peak_bytes": run["placement_peak_bytes"], "seconds": run["seconds"], "s_per_step": run["s_per_step"],
+            "planner_choice": prediction(engine, ref, run)["planner_choice"]}
 
 
 # -- 6. LoRA training under a VRAM cap -------------------------------------------------------------------
-class PeakPoller(threading.Thread):
-    """The peak of a phase that ends with someone else resetting the mark (train_lora resets it after its
-    caches are made): polls the mark and keeps the highest reading before it first drops."""
-
-    def __init__(self, memory: Memory, interval: float = 0.001):
-        super().__init__(daemon=True)
-        self.memory, self.interval = memory, interval
-        self.best = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            value = self.memory.peak()
-            if value < self.best:  # the mark was reset: the phase is over
-                break
-            self.best = value
-            time.sleep(self.interval)
-
-    def stop(self) -> int:
-        self.done.set()
-        if self.is_alive():
-            self.join()
-        return self.best
-
-
 def train(ctx: StageContext) -> None:
     from lora_training import build_data
 
@@ -477,7 +331,7 @@ def train(ctx: StageContext) -> None:
         if event.phase == "cache" and poller.ident is None:
             poller.start()
         if event.phase == "train":
-            _sync(ctx.cuda)
+            sync(ctx.cuda)
             stamps[event.step] = time.perf_counter()
             if event.step == steps - 1:  # before the last step, which also writes the checkpoint and the samples
                 step_peak[0] = memory.peak()
@@ -529,7 +383,7 @@ def compiled(ctx: StageContext) -> None:
     ref, native = ctx.model("sd15")
     steps = 2 if ctx.dry else 10
     engine = Engine(device=ctx.device)
-    strategy = _base_strategy(engine)
+    strategy = base_strategy(engine)
     generate(engine, ref, native, steps, strategy, memory)  # placement and first-call costs
     eager = generate(engine, ref, native, steps, strategy, memory)
     unet = engine.load(ref).pipe.unet
