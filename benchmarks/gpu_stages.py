@@ -260,13 +260,17 @@ def _placement_runs(ctx: StageContext, item: str, ref: str, native: int, name: s
     from hayai.generation.engine import Engine
 
     engine = Engine(device=ctx.device)
-    host.reset_peak()
+    try:
+        host.reset_peak()
+        host_kind = "process_rss"
+    except OSError:  # a kernel that refuses /proc/self/clear_refs: the peak since the stage started
+        host_kind = "process_rss_lifetime"
     cold = generate(engine, ref, native, 2, name, memory, placement=True)
     host_peak = host.peak()
     warm = generate(engine, ref, native, 2 if ctx.dry else 4, name, memory, phases=True)
     predicted = prediction(engine, ref, warm)
     return dict(item=item, strategy=name, memory=memory.kind, placement_peak_bytes=cold["placement_peak_bytes"],
-                peak_bytes=cold["peak_bytes"], host_peak_bytes=host_peak, phase_peak_bytes=warm["phase_peak_bytes"],
+                peak_bytes=cold["peak_bytes"], host_peak_bytes=host_peak, host_peak_kind=host_kind, phase_peak_bytes=warm["phase_peak_bytes"],
                 s_per_step=warm["s_per_step"], seconds=warm["seconds"], timings=warm["timings"],
                 events=cold["events"] + warm["events"], phase_error=phase_errors(warm["phase_peak_bytes"], predicted["predicted_phase_bytes"]),
                 **{k: v for k, v in predicted.items() if k.startswith("predicted")})
