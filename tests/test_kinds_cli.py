@@ -96,3 +96,32 @@ def test_bad_image_input_exits_2_with_one_line(tmp_path):
                            str(tmp_path / "small.png")], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: mask is 32x32 but init_image is 64x64; give a mask of the image's size"]
+
+
+def test_kill_9_mid_run_leaves_every_saved_image_in_the_history(tmp_path):
+    """A real SIGKILL between images: each image saved before it is in the run's history row (issue 14)."""
+    import os
+    import signal
+    import time
+
+    from hayai.store import Store
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "hayai", "generate", "a small red circle at the top left on a white "
+                             "background", "--steps", "4", "--seed", "1", "-c", "20", "-o", str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    try:
+        while len(list(out.glob("*.png"))) < 2:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no two images in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = sorted(str(p) for p in out.glob("*.png"))
+    (run,) = Store().runs(kind="generate")
+    assert run.status == "interrupted" and 2 <= len(saved) < 20
+    # every image whose save finished is in the history; the kill may land between an image's file appearing
+    # and its row being updated, so at most the last file on disk can be missing from it
+    assert set(run.outputs) <= set(saved) and len(saved) - len(run.outputs) <= 1 and len(run.outputs) >= 1
