@@ -121,15 +121,9 @@ def without_text_encoders(pipe):
     follow: with the encoders in fp32 on the CPU (`te_cpu`) and a half-precision denoiser, the denoiser
     would get fp32 inputs. Without text encoders the pipeline takes the denoiser's dtype instead.
     """
-    import inspect
+    from hayai.models.assemble import assemble
 
-    # what diffusers' `from_pipe` passes, without its cast of every component (a no-op here, with a warning)
-    given = {**{k: v for k, v in pipe.config.items() if not k.startswith("_")}, **pipe.components}
-    given.update({name: None for name in ("text_encoder", "text_encoder_2", "text_encoder_3")})
-    parameters = inspect.signature(type(pipe).__init__).parameters
-    view = type(pipe)(**{name: given[name] for name in parameters if name in given})
-    view.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-    return view
+    return assemble(pipe, text_encoder=None, text_encoder_2=None, text_encoder_3=None)
 
 
 def split_denoiser_batch(module) -> None:

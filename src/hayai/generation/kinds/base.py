@@ -15,20 +15,15 @@ from hayai.errors import RequestError
 from hayai.generation.execute import run_batch
 from hayai.generation.request import GenerationRequest
 from hayai.generation.samplers import build_scheduler
+from hayai.models.assemble import assemble
 from hayai.models.families import FAMILY_INFO, Family
 
 __all__ = ["PipelineKind", "BatchRun", "derived_pipeline", "img2img_schedule"]
 
 
 def derived_pipeline(loaded, class_name: str):
-    """The diffusers pipeline `class_name` over the loaded pipeline's own modules (no copy, no reload).
-
-    Built by calling the class with the loaded pipeline's components, not with `from_pipe`: `from_pipe`
-    casts every shared module to its `torch_dtype` (float32 unless told), which would undo a half-precision
-    or fp8 placement of the pipeline they are shared with. Offload hooks live on the modules, so they keep
-    working; the model-offload bookkeeping is copied so diffusers re-arms the hooks after each call, as it
-    does for the loaded pipeline. Patched LoRA weights are the same tensors. Kept per loaded pipeline.
-    """
+    """The diffusers pipeline `class_name` over the loaded pipeline's own modules (no copy, no reload; see
+    `hayai.models.assemble`). Patched LoRA weights are the same tensors. Kept per loaded pipeline."""
     if type(loaded.pipe).__name__ == class_name:
         return loaded.pipe
     cache = loaded.derived
@@ -36,15 +31,7 @@ def derived_pipeline(loaded, class_name: str):
     if key not in cache:
         import diffusers
 
-        cls = getattr(diffusers, class_name)
-        accepted = inspect.signature(cls.__init__).parameters
-        components = {name: module for name, module in loaded.pipe.components.items() if name in accepted}
-        config = {name: value for name, value in loaded.pipe.config.items()
-                  if name in accepted and name not in components and not name.startswith("_")}
-        pipe = cls(**components, **config)
-        for attribute in ("_all_hooks", "_offload_gpu_id", "_offload_device"):
-            if hasattr(loaded.pipe, attribute):
-                setattr(pipe, attribute, getattr(loaded.pipe, attribute))
+        pipe = assemble(loaded.pipe, getattr(diffusers, class_name))
         cache.clear()  # pipelines of an earlier load share nothing with this one
         cache[key] = pipe
     return cache[key]
