@@ -1,4 +1,6 @@
-"""The command line, run as a user runs it: a real `hayai` process per command."""
+"""The command line, run as a user runs it: through `hayai`'s entry point, in process (`inprocess.hayai`) where
+the process does not matter, in a real process (`process`) for a fresh install and for what is read once
+per process (the Hugging Face cache location)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from hayai.generation.imagefile import read_image_metadata
 from hayai.generation.request import GenerationRequest
 from hayai.models.builtin import BUILTIN_MODEL_NAME
 from hayai.models.families import Family
+from inprocess import hayai
 
 A1111_PAIR = re.compile(r"\s*(\w[\w \-/]+):\s*(\"(?:\\.|[^\\\"])+\"|[^,]*)(?:,|$)")  # modules/infotext_utils.py
 
 
-def hayai(*args, env=None, check=True):
+def process(*args, env=None, check=True):
     """Run `python -m hayai ARGS` with the test's environment (its $HAYAI_HOME and HF cache)."""
     proc = subprocess.run(
         [sys.executable, "-m", "hayai", *map(str, args)],
@@ -42,7 +45,7 @@ def _pixels(path_or_image):
 def test_first_run_makes_a1111_readable_png_and_reproduces_it(tmp_path):
     """A fresh install (nothing installed, nothing downloaded) draws with the built-in demo model."""
     out = tmp_path / "out"
-    result = json.loads(hayai("generate", "a red circle", "--steps", "3", "--seed", "42", "-o", out, "--json").stdout)
+    result = json.loads(process("generate", "a red circle", "--steps", "3", "--seed", "42", "-o", out, "--json").stdout)
     assert (result["model"], result["placeholder"], result["warnings"]) == (BUILTIN_MODEL_NAME, False, [])
     assert Image.open(out / "00000-42.png").size == (64, 64)  # the size it was trained at
     png = out / "00000-42.png"
@@ -111,7 +114,7 @@ def test_hub_id_loads_from_the_local_cache(tiny_folders, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    result = json.loads(hayai("generate", "hub test", "-m", "someone/tiny-sd1", "--steps", "2", "--seed", "1",
+    result = json.loads(process("generate", "hub test", "-m", "someone/tiny-sd1", "--steps", "2", "--seed", "1",
                               "-o", tmp_path / "o", "--json", env=env).stdout)
     assert result["model"] == "someone/tiny-sd1" and result["placeholder"] is False
     meta = read_image_metadata(result["images"][0]["path"])

@@ -49,12 +49,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run `hayai` with `argv` (default: the process's arguments); always ends in SystemExit."""
     from hayai.errors import HayaiError, disk_full
 
     _quiet_libraries()
     try:
-        app()
+        app(args=argv)
     except HayaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
