@@ -10,10 +10,12 @@ import sys
 
 import typer
 
+from hayai.cli.app import App
+
 from hayai.cli import eval as eval_cli
 from hayai.cli import dataset, generate, history, lora, models, plan, prompt, sweep, train
 
-app = typer.Typer(
+app = App(
     name="hayai",
     help="Fast local image generation with diffusion models.",
     no_args_is_help=True,

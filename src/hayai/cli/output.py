@@ -8,9 +8,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+__all__ = ["console", "err_console", "escape", "printable", "format_bytes", "silence_library_progress",
+           "progress_printer"]
+
+# no emoji codes: user text such as `[dog:cat:0.5]` must not print as `[dog🐱0.5]`; user text in markup
+# goes through `escape` (`[red:blue:0.5]` is not a style)
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 def printable(text: str) -> str:
@@ -59,7 +65,7 @@ def progress_printer(enabled: bool = True):
     tasks: dict[str, int] = {}
 
     def on_event(event) -> None:
-        label = {"load": f"loading {event.detail}", "denoise": "denoising", "save": "saving"}.get(event.phase, event.phase)
+        label = {"load": f"loading {escape(str(event.detail))}", "denoise": "denoising", "save": "saving"}.get(event.phase, event.phase)
         if event.phase not in tasks:
             tasks[event.phase] = progress.add_task(label, total=event.total)
         progress.update(tasks[event.phase], completed=event.done, total=event.total, description=label)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console
+from hayai.cli.output import console, escape
 from hayai.hardware import parse_size  # noqa: F401  (the CLI's --vram parser: cli.generate and cli.sweep take it from here)
 
 
@@ -25,9 +25,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.
         return
     marks = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warning": "[yellow]warning[/]", "problem": "[red]problem[/]"}
     for finding in findings:
-        console.print(f"{marks[finding.level]:>20}  {finding.topic}: {finding.message}")
+        console.print(f"{marks[finding.level]:>20}  " + escape(f"{finding.topic}: {finding.message}"))
         if finding.fix:
-            console.print(f"{'':>10}  fix: {finding.fix}")
+            console.print(escape(f"{'':>10}  fix: {finding.fix}"))
 
 
 def plan(
@@ -62,8 +62,8 @@ def plan(
         return
     from rich.table import Table
 
-    console.print(f"{label} at {shape.width}x{shape.height}, batch {shape.batch_size}, {shape.steps} steps on "
-                  f"{spec.describe()}; budget {result.budget_bytes / GIB:.2f} GiB")
+    console.print(escape(f"{label} at {shape.width}x{shape.height}, batch {shape.batch_size}, {shape.steps} steps on "
+                         f"{spec.describe()}; budget {result.budget_bytes / GIB:.2f} GiB"))
     table = Table("", "strategy", "fits", "peak GiB", "encode/denoise/decode GiB", "est. s", box=None)
     shown = [e for e in result.candidates if show_all or e is result.chosen or not _dominated(e, result.candidates)]
     for e in shown:
@@ -74,9 +74,9 @@ def plan(
     if len(shown) < len(result.candidates):
         console.print(f"[dim]{len(result.candidates) - len(shown)} candidates that another beats on both memory "
                       "and time are hidden (--all shows them)[/]")
-    console.print(f"chosen: {result.reason}")
+    console.print(escape(f"chosen: {result.reason}"))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     for s in suggestions:
         console.print(f"preset {s.preset:>8} ({s.tier} tier): {s.width}x{s.height}, batch {s.batch_size}, {s.steps} steps")
 

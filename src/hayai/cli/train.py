@@ -15,9 +15,11 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, silence_library_progress
+from hayai.cli.app import App, PlainHelp
 
-app = typer.Typer(help="Train LoRAs.", no_args_is_help=True)
+from hayai.cli.output import console, escape, err_console, silence_library_progress
+
+app = App(help="Train LoRAs.", no_args_is_help=True)
 
 # TrainConfig field type -> the option's type (tuples become repeatable options)
 _LISTS = {"target_modules": str, "sample_prompts": str, "sample_seeds": int, "save_formats": str}
@@ -78,7 +80,7 @@ lora.__signature__ = inspect.Signature([
                       default=typer.Option(False, "--quiet", "-q", help="No progress, no summary.")),
     *_options(),
 ])
-app.command("lora")(lora)
+app.command("lora", cls=PlainHelp)(lora)  # ~50 long option names: rich's table cut them at 80 columns
 
 
 class _progress:
