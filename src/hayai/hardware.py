@@ -30,8 +30,14 @@ _GPU_TFLOPS: dict[str, float] = {
     "a10": 125.0, "t4": 65.0, "v100": 125.0,
     "rtx 4090": 165.2, "rtx 4080": 97.5, "rtx 4070 ti": 80.2, "rtx 4070": 58.3, "rtx 4060 ti": 44.1, "rtx 4060": 30.2,
     "rtx 3090": 71.0, "rtx 3080": 59.5, "rtx 3070": 40.6, "rtx 3060 ti": 32.4, "rtx 3060": 25.6,
-    "rtx 2080 ti": 53.8, "rtx 2070": 29.9, "rtx 2060": 25.8, "gtx 1660": 10.0, "gtx 1080": 9.0,
+    "rtx 2080 ti": 53.8, "rtx 2070": 29.9, "rtx 2060": 25.8, "gtx 1080": 9.0,
+    # GTX 16xx (Turing without tensor cores): their fp32 rate, since they run float32 (see _NO_HALF)
+    "gtx 1660 ti": 5.4, "gtx 1660 super": 5.0, "gtx 1660": 5.0, "gtx 1650 super": 4.4, "gtx 1650": 3.0,
 }
+# GPUs whose half precision gives black or NaN images in Stable Diffusion (A1111 users run them with
+# --no-half): planned in float32.
+_NO_HALF = ("gtx 16",)
+NO_HALF_NOTE = "GTX 16xx: float32, as A1111's --no-half (half precision gives black images on these cards)"
 # GPUs with FP8 tensor cores (Ada, Hopper and newer) and without BF16 (before Ampere).
 _FP8 = ("h200", "h100", "h800", "l40s", "l4", "rtx 40", "rtx 50")
 _NO_BF16 = ("t4", "v100", "rtx 20", "gtx")
@@ -74,7 +80,7 @@ class DeviceSpec:
 
     @property
     def half_dtype(self) -> str:
-        return "bfloat16" if self.bf16 else "float16"
+        return "bfloat16" if self.bf16 else ("float16" if self.fp16 else "float32")
 
     def describe(self) -> str:
         mem = f"{self.total_bytes / GIB:.1f} GiB"
@@ -168,12 +174,12 @@ def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
         devices.append(
             DeviceSpec(
                 kind="rocm" if getattr(torch.version, "hip", None) else "cuda",
-                name=props.name,
+                name=props.name if not any(m in props.name.lower() for m in _NO_HALF) else f"{props.name}; {NO_HALF_NOTE}",
                 total_bytes=int(total),
                 free_bytes=int(free),
                 # natively from Ampere (8.0) on; torch reports emulated bf16 as supported on older cards
                 bf16=bool(torch.cuda.is_bf16_supported(including_emulation=False)) and bf16_by_name and capability >= (8, 0),
-                fp16=True,
+                fp16=not any(marker in props.name.lower() for marker in _NO_HALF),
                 fp8=capability >= (8, 9) or fp8_by_name,
                 sdpa=hasattr(torch.nn.functional, "scaled_dot_product_attention") and capability >= (7, 5),
                 tflops=tflops or _DEFAULT_GPU_TFLOPS,
@@ -265,10 +271,12 @@ def parse_device_spec(text: str, *, host_ram_bytes: int = 32 * GIB) -> DeviceSpe
         raise RequestError(f"device spec {text!r}: PCIe generation {gen} is unknown (3, 4 or 5)")
     kind = "rocm" if ("rocm" in lower or "amd" in lower or "radeon" in lower) else "cuda"
     name = text.strip() if tflops else f"{text.strip()} (speed unknown: assumed {_DEFAULT_GPU_TFLOPS:g} TFLOP/s)"
+    half = not any(marker in lower for marker in _NO_HALF)
+    name = name if half else f"{name}; {NO_HALF_NOTE}"
     # the driver and CUDA context take ~0.3-0.5 GiB of a card before anything is loaded
     context = int(0.4 * GIB)
     return DeviceSpec(
-        kind=kind, name=name, total_bytes=total, free_bytes=max(total - context, 0), bf16=bf16, fp16=True, fp8=fp8,
+        kind=kind, name=name, total_bytes=total, free_bytes=max(total - context, 0), bf16=bf16, fp16=half, fp8=fp8,
         sdpa=True, tflops=tflops or _DEFAULT_GPU_TFLOPS,
         link_gbps=round(_PCIE_LANE_GBPS[gen] * lanes * _PCIE_EFFICIENCY, 1), host_ram_bytes=host_ram_bytes,
         simulated=True,
@@ -308,6 +316,9 @@ def allocator_fraction(device: DeviceSpec, vram: int | None, *, system: str | No
 def cap_memory(device: DeviceSpec, vram: int | None) -> DeviceSpec:
     """The device to plan for with `vram` bytes (None: as it is); on a real CUDA device the allocator is
     capped to match (so going past the plan is a real OOM), or the cap a previous caller set is lifted."""
+    if vram is not None and not device.accelerator:
+        raise RequestError(f"--vram caps GPU memory, and this run is on the CPU ({device.name}); leave it out, or "
+                           f"see a card of that size with `hayai plan --vram {vram / GIB:g}GB`")
     if vram is not None and (vram <= 0 or vram > device.total_bytes):
         raise RequestError(f"vram={vram} must be between 1 and the device's {device.total_bytes} bytes")
     if device.kind in ("cuda", "rocm") and not device.simulated:

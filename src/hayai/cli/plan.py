@@ -55,7 +55,7 @@ def plan(
     shape = PlanRequest(width or side, height or side, batch, cfg > 1, steps)
     with Store() as store:
         result = plan_keeping_counts(store, facts, shape, spec)
-    suggestions = [suggest(spec, facts.family, p) for p in PRESETS]
+    suggestions = [suggest(spec, facts.family, p, native=facts.native_size) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
                                      "presets": [s.to_dict() for s in suggestions]}, indent=2) + "\n")
