@@ -10,7 +10,7 @@ import typer
 
 from hayai.cli.app import App
 
-from hayai.cli.output import console, format_bytes
+from hayai.cli.output import console, escape, format_bytes
 
 app = App(help="The model catalog: hayai's folder, added folders, A1111/ComfyUI installs.", no_args_is_help=True)
 
