@@ -244,7 +244,7 @@ def test_damaged_safetensors_is_listed_with_a_problem(catalog, models_dir):
     (models_dir / "broken.safetensors").write_bytes(b"\x00\x01not a safetensors file")
     entry = _by_name(catalog)["broken"]
     assert entry.family is None
-    assert "not a readable .safetensors file" in entry.problem
+    assert "this file is incomplete or not a safetensors file; download it again" in entry.problem
 
 
 def test_damaged_diffusers_folder_does_not_break_the_listing(catalog, models_dir, tiny_folders):

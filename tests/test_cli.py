@@ -89,6 +89,8 @@ def test_api_cli_and_raw_diffusers_give_the_same_pixels(tiny_folders, tmp_path):
         (["generate", "x", "-W", "100"], "width=100 must be a multiple of 8"),
         (["generate", "x", "-m", "someone/not-downloaded"], "hf download someone/not-downloaded"),
         (["generate"], "a prompt is required"),
+        (["generate", "--from", "missing.png"], "missing.png: file not found"),
+        (["generate", "x", "-m", "models/missing.safetensors"], "model='models/missing.safetensors': file not found"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message):
@@ -97,6 +99,14 @@ def test_bad_input_exits_2_with_one_line(args, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_cut_short_model_says_download_it_again(tmp_path):
+    damaged = tmp_path / "model.safetensors"
+    damaged.write_bytes((2000).to_bytes(8, "little") + b'{"a": "b')  # a header cut short
+    proc = hayai("generate", "x", "-m", damaged, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {damaged}: this file is incomplete or not a safetensors file; download it again\n"
 
 
 def test_pickle_checkpoint_refused_with_the_risk_explained(tmp_path):

@@ -189,6 +189,8 @@ class Catalog:
             return placeholder_source()
         if name == BUILTIN_MODEL_NAME and builtin_source() is not None:
             return builtin_source()
+        if Path(name).suffix.lower() in (*SAFE_SUFFIXES, *PICKLE_SUFFIXES) or "\\" in name or name.startswith(("/", "~", ".")):
+            raise ModelNotFoundError(f"model={name!r}: file not found")
         if looks_like_hub_id(name):
             return source_from_hub_cache(name)
         names = [e.name for e in self.entries()]

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError
+from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError, damaged_safetensors
 from hayai.models.families import FAMILY_INFO, Family, detect_family_from_folder, detect_family_from_keys
 
 __all__ = [
@@ -71,7 +71,7 @@ def read_checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise ModelError(f"{path} is not a readable .safetensors file ({exc})") from None
+        raise ModelError(damaged_safetensors(path)) from None
 
 
 def source_from_path(path: Path, *, allow_pickle: bool = False, config: Path | None = None) -> ModelSource:
