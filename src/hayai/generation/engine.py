@@ -232,6 +232,8 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
+        predicted = next((e.seconds for e in the_plan.candidates if e.strategy == strategy), the_plan.chosen.seconds)
+        emit(ProgressEvent("plan", 0, 1, strategy.name, seconds=predicted * resolved.batch_count))
         seeds = resolved.seeds()
         images: list[GeneratedImage] = []
         events: list[dict] = [{"plan": reason}]
