@@ -143,7 +143,9 @@ class Catalog:
             return f"{'added' if added else 'already added'}: model {entry.name} ({what}) at {path}"
         added = self.store.add_catalog_entry(path, "folder")
         scanned = ", ".join(str(p) for p in install_subfolders(path))
-        return f"{'added' if added else 'already added'}: folder {path} (models are read from {scanned})"
+        broken = [e for e in self.entries() if e.problem and e.path.is_relative_to(path)]
+        unusable = "".join(f"\n  cannot be used (never chosen as the default): {e.name}: {e.problem}" for e in broken)
+        return f"{'added' if added else 'already added'}: folder {path} (models are read from {scanned}){unusable}"
 
     def remove(self, name_or_path: str) -> str:
         """Forget a registration. Never deletes the user's files."""

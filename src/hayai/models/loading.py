@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError, damaged_safetensors
+from hayai.models.headers import safetensors_header
 from hayai.models.families import FAMILY_INFO, Family, detect_family_from_folder, detect_family_from_keys
 
 __all__ = [
@@ -112,6 +113,12 @@ def _check_components(folder: Path) -> None:
         listed = ", ".join(f"{name}/" for name in missing)
         raise ModelError(f"{folder} is incomplete: it has no {listed} folder, which its model_index.json names; "
                          "copy or download the whole model folder again")
+    for name in index:  # a weights file cut short would be found only at load time, after the model became the default
+        for weights in sorted((folder / name).glob("*.safetensors")) if (folder / name).is_dir() else ():
+            try:
+                safetensors_header(weights)
+            except (OSError, ValueError, UnicodeDecodeError):
+                raise ModelError(damaged_safetensors(weights)) from None
 
 
 def _family_of_pickle(path: Path) -> Family:
