@@ -27,7 +27,8 @@ def _group() -> None:
 @app.command("check")
 def check(
     folder: Path = typer.Argument(..., help="Folder of images with .txt captions (or metadata.jsonl); kohya N_name folders understood."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="The training resolution, to flag images too small for it."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="The training resolution, to flag images too small for it \\[the model's native size]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model you will train on, for its native size \\[the default model]."),
     trigger: Optional[str] = typer.Option(None, "--trigger", help="The trigger word the captions should carry."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -36,6 +37,12 @@ def check(
 
     from hayai.dataset import check_dataset, scan_dataset
 
+    if resolution is None:  # what `train lora` will use: the model's native size
+        from hayai.models.catalog import Catalog
+        from hayai.models.loading import native_side
+        from hayai.store import Store
+
+        resolution = native_side(Catalog(Store()).resolve(model))
     report = check_dataset(scan_dataset(folder), resolution=resolution, trigger_word=trigger)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")

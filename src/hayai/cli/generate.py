@@ -105,12 +105,11 @@ def _run(given: dict, flags: RunFlags, *, from_image: Path | None = None, preset
 
 def _with_preset(engine, request, given: dict, preset: str, options):
     """Fill the size, batch and steps the user left unset from the preset's tier for this device."""
-    from hayai.memory.facts import facts_from_folder
     from hayai.memory.presets import suggest
+    from hayai.models.loading import native_side
 
     source = engine.catalog.resolve(request.model, allow_pickle=engine.allow_pickle, config=request.model_config)
-    native = facts_from_folder(source.path).native_size if source.kind == "folder" else None
-    suggestion = suggest(engine.device_spec, source.family, preset, native=native)
+    suggestion = suggest(engine.device_spec, source.family, preset, native=native_side(source))
     fill = {"width": suggestion.width, "height": suggestion.height, "batch_size": suggestion.batch_size,
             "steps": suggestion.steps}
     request = dataclasses.replace(request, **{k: v for k, v in fill.items() if k not in given})

@@ -32,6 +32,7 @@ __all__ = [
     "read_checkpoint_shapes",
     "load_pipeline",
     "native_size",
+    "native_side",
 ]
 
 ARCH_PREFIX = "arch:"  # `--model arch:sd15`: a real architecture with random weights (hayai.models.architectures)
@@ -189,6 +190,21 @@ def source_from_hub_cache(repo_id: str) -> ModelSource:
         ) from None
     source = source_from_path(folder)
     return ModelSource("folder", folder, source.family, repo_id, hub_id=repo_id)
+
+
+def native_side(source: ModelSource) -> int:
+    """The side a model draws at by default, from its configs only (no weights, no torch): the denoiser's
+    sample_size x the VAE's scale; a single file or an architecture: its family's."""
+    if source.kind == "folder":
+        try:
+            denoiser = next(source.path / name / "config.json" for name in ("unet", "transformer")
+                            if (source.path / name / "config.json").is_file())
+            sample = json.loads(denoiser.read_text())["sample_size"]
+            blocks = json.loads((source.path / "vae" / "config.json").read_text())["block_out_channels"]
+            return (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(blocks) - 1)
+        except (StopIteration, OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged folder: its loading will say so
+    return FAMILY_INFO[source.family].native_size
 
 
 def native_size(pipe) -> tuple[int, int]:
