@@ -32,12 +32,9 @@ def check(
     """Tokens per encoder, chunk boundaries, what would be cut, weights, LoRA tags, warnings."""
     from rich.markup import escape
 
-    from hayai.cli.output import silence_library_progress
     from hayai.models.catalog import Catalog, is_placeholder
     from hayai.prompts import check_prompt, load_tokenizers
     from hayai.store import Store
-
-    silence_library_progress()
 
     source = Catalog(Store()).resolve(model, config=model_config)
     report = check_prompt(prompt, negative, tokenizers=load_tokenizers(source), family=source.family, steps=steps)

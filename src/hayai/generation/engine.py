@@ -326,7 +326,10 @@ class Engine:
                 "path": str(loaded.source.path), "hub_id": loaded.source.hub_id}
 
     def _runtime_record(self, loaded: LoadedModel) -> dict:
-        return {"device": loaded.strategy.device, "dtype": loaded.strategy.dtype, "strategy": loaded.strategy.name}
+        import torch
+
+        return {"device": loaded.strategy.device, "dtype": loaded.strategy.dtype, "strategy": loaded.strategy.name,
+                "threads": torch.get_num_threads()}
 
     # -- reproducing an image --------------------------------------------------------------------
     def request_from_image(self, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:
