@@ -60,3 +60,20 @@ print("HEAVY", sorted(m for m in ("torch", "diffusers") if m in sys.modules))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "HEAVY []"
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"width": 65}, "width=65 must be a multiple of 8 for sdxl models"),
+    ({"sampler": "DDIM", "schedule_type": "Karras"}, "schedule_type='Karras' does not apply to sampler 'DDIM'"),
+])
+def test_what_the_models_config_decides_is_checked_before_any_load(fields, message):
+    """Reported after 250-285 s of loading once; now before the model is touched (an SDXL of random weights here)."""
+    from hayai.generation.engine import Engine
+    from hayai.generation.request import GenerationRequest
+
+    class NoLoad(Engine):
+        def load(self, *args, **kwargs):
+            raise AssertionError("the model was loaded before the request was checked")
+
+    with pytest.raises(RequestError, match=message):
+        NoLoad(device="cpu").generate(GenerationRequest(prompt="x", model="arch:sdxl", **fields))
