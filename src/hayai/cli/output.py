@@ -92,7 +92,8 @@ def _line_printer(clock=time.monotonic):
             return
         printed[event.phase] = event.done
         elapsed = now - started[event.phase]
-        left = f", ~{_duration(elapsed / event.done * (event.total - event.done))} left" if 0 < event.done < event.total else ""
+        remaining = elapsed / event.done * (event.total - event.done) if 0 < event.done < event.total else 0.0
+        left = f", ~{_duration(remaining)} left" if remaining >= 1 else ""
         err_console.print(f"{_label(event)} {event.done}/{event.total} ({_duration(elapsed)}{left})", soft_wrap=True)
 
     return on_event
