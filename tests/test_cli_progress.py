@@ -34,3 +34,8 @@ def test_a_long_prediction_is_printed_and_a_very_long_one_warned(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "predicted time: ~10 min with cpu-float32 (the plan's estimate; Ctrl-C stops it)"
     assert lines[1].startswith("warning: predicted time: ~113.1 h with cpu-float32") and len(lines) == 2
+
+
+def test_a_sweep_off_a_terminal_prints_a_line_per_cell(tmp_path):
+    err = hayai("sweep", "a red circle", "--x", "steps=1,2", "-o", tmp_path).stderr.splitlines()
+    assert [line.split(" done")[0] for line in err if line.startswith("cell ")] == ["cell 1/2", "cell 2/2"]

@@ -97,6 +97,18 @@ def _sweep_progress(enabled: bool = True):
     if not enabled:
         yield None
         return
+    if not err_console.is_terminal:  # a log or a pipe: a line per finished cell
+        printed = [0]
+
+        def on_line(event) -> None:
+            if event.cells_done > printed[0]:
+                printed[0] = event.cells_done
+                eta = "" if event.eta_seconds is None or event.cells_done == event.cells_total else (
+                    f", ETA {int(event.eta_seconds // 60)}:{int(event.eta_seconds % 60):02d}")
+                err_console.print(f"cell {event.cells_done}/{event.cells_total} done{eta}", soft_wrap=True)
+
+        yield on_line
+        return
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
