@@ -1,11 +1,38 @@
-"""Shared fixtures: an isolated user dir for every test, and tiny model folders built once."""
+"""Shared fixtures: an isolated user dir for every test, and tiny model folders built once.
+
+No test may touch the user's real files: for the whole session $HOME and $HAYAI_HOME point into a temporary
+folder (set before any fixture runs, so module- and session-scoped fixtures are covered too), and every test
+then gets its own $HAYAI_HOME on top (`hayai_home`).
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from hayai.models.families import Family
 from hayai.models.tiny import save_tiny_pipeline
+
+
+_SESSION_HOME: Path | None = None
+
+
+def pytest_configure(config):
+    """Point $HOME and $HAYAI_HOME at a throwaway folder for the whole run, before any fixture or import."""
+    global _SESSION_HOME
+    _SESSION_HOME = Path(tempfile.mkdtemp(prefix="hayai-tests-home-"))
+    os.environ["HOME"] = str(_SESSION_HOME)
+    os.environ["HAYAI_HOME"] = str(_SESSION_HOME / ".hayai")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def pytest_unconfigure(config):
+    if _SESSION_HOME is not None:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -244,7 +244,7 @@ def test_damaged_safetensors_is_listed_with_a_problem(catalog, models_dir):
     (models_dir / "broken.safetensors").write_bytes(b"\x00\x01not a safetensors file")
     entry = _by_name(catalog)["broken"]
     assert entry.family is None
-    assert "not a readable .safetensors file" in entry.problem
+    assert "this file is incomplete or not a safetensors file; download it again" in entry.problem
 
 
 def test_damaged_diffusers_folder_does_not_break_the_listing(catalog, models_dir, tiny_folders):
@@ -254,6 +254,20 @@ def test_damaged_diffusers_folder_does_not_break_the_listing(catalog, models_dir
     entries = _by_name(catalog)
     assert entries["good"].family is Family.SD1
     assert entries["broken"].family is None and "model_index.json" in entries["broken"].problem
+
+
+def test_a_folder_with_a_cut_short_weights_file_never_becomes_the_default(catalog, monkeypatch, tiny_folders, tmp_path):
+    """`models add` of a folder holding a truncated model, then plain `generate`: it used to pick that model and fail."""
+    shipped = _copy(tiny_folders, Family.SD1, tmp_path / "builtin" / BUILTIN_MODEL_NAME)
+    monkeypatch.setattr(catalog_module, "BUILTIN_MODEL", shipped)
+    broken = _copy(tiny_folders, Family.SD1, tmp_path / "downloads" / "half-downloaded")
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    said = catalog.add(tmp_path / "downloads")
+    assert f"cannot be used (never chosen as the default): half-downloaded: {weights}: this file is incomplete" in said
+    assert catalog.resolve(None).path == shipped
+    with pytest.raises(ModelError, match="incomplete or not a safetensors file; download it again"):
+        catalog.resolve("half-downloaded")
 
 
 # -- pickle checkpoints ------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The command line, run as a user runs it: a real `hayai` process per command."""
+"""The command line, run as a user runs it: through `hayai`'s entry point, in process (`inprocess.hayai`) where
+the process does not matter, in a real process (`process`) for a fresh install and for what is read once
+per process (the Hugging Face cache location)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from hayai.generation.imagefile import read_image_metadata
 from hayai.generation.request import GenerationRequest
 from hayai.models.builtin import BUILTIN_MODEL_NAME
 from hayai.models.families import Family
+from inprocess import hayai
 
 A1111_PAIR = re.compile(r"\s*(\w[\w \-/]+):\s*(\"(?:\\.|[^\\\"])+\"|[^,]*)(?:,|$)")  # modules/infotext_utils.py
 
 
-def hayai(*args, env=None, check=True):
+def process(*args, env=None, check=True):
     """Run `python -m hayai ARGS` with the test's environment (its $HAYAI_HOME and HF cache)."""
     proc = subprocess.run(
         [sys.executable, "-m", "hayai", *map(str, args)],
@@ -42,7 +45,7 @@ def _pixels(path_or_image):
 def test_first_run_makes_a1111_readable_png_and_reproduces_it(tmp_path):
     """A fresh install (nothing installed, nothing downloaded) draws with the built-in demo model."""
     out = tmp_path / "out"
-    result = json.loads(hayai("generate", "a red circle", "--steps", "3", "--seed", "42", "-o", out, "--json").stdout)
+    result = json.loads(process("generate", "a red circle", "--steps", "3", "--seed", "42", "-o", out, "--json").stdout)
     assert (result["model"], result["placeholder"], result["warnings"]) == (BUILTIN_MODEL_NAME, False, [])
     assert Image.open(out / "00000-42.png").size == (64, 64)  # the size it was trained at
     png = out / "00000-42.png"
@@ -86,6 +89,8 @@ def test_api_cli_and_raw_diffusers_give_the_same_pixels(tiny_folders, tmp_path):
         (["generate", "x", "-W", "100"], "width=100 must be a multiple of 8"),
         (["generate", "x", "-m", "someone/not-downloaded"], "hf download someone/not-downloaded"),
         (["generate"], "a prompt is required"),
+        (["generate", "--from", "missing.png"], "missing.png: file not found"),
+        (["generate", "x", "-m", "models/missing.safetensors"], "model='models/missing.safetensors': file not found"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message):
@@ -94,6 +99,14 @@ def test_bad_input_exits_2_with_one_line(args, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_cut_short_model_says_download_it_again(tmp_path):
+    damaged = tmp_path / "model.safetensors"
+    damaged.write_bytes((2000).to_bytes(8, "little") + b'{"a": "b')  # a header cut short
+    proc = hayai("generate", "x", "-m", damaged, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {damaged}: this file is incomplete or not a safetensors file; download it again\n"
 
 
 def test_pickle_checkpoint_refused_with_the_risk_explained(tmp_path):
@@ -111,7 +124,7 @@ def test_hub_id_loads_from_the_local_cache(tiny_folders, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    result = json.loads(hayai("generate", "hub test", "-m", "someone/tiny-sd1", "--steps", "2", "--seed", "1",
+    result = json.loads(process("generate", "hub test", "-m", "someone/tiny-sd1", "--steps", "2", "--seed", "1",
                               "-o", tmp_path / "o", "--json", env=env).stdout)
     assert result["model"] == "someone/tiny-sd1" and result["placeholder"] is False
     meta = read_image_metadata(result["images"][0]["path"])

@@ -137,3 +137,28 @@ def test_split_is_deterministic_and_never_takes_everything():
     assert split_items(scan_images[:3], 0.5, seed=1) == set()  # too few to hold any out
     with pytest.raises(RequestError, match="validation_fraction=1.0"):
         split_items(scan_images, 1.0, seed=1)
+
+
+def test_shapes_of_other_colours_are_not_near_duplicates_and_small_models_want_small_images(tmp_path):
+    """The demo's world: a small purple triangle and a small blue square in the same corner of a grey field
+    hash alike and differ little on average; and 64 px pictures are right for a 64 px model."""
+    for i, (_, caption, image) in enumerate(samples(9, 30)):
+        image.save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(caption)
+    report = check_dataset(scan_dataset(tmp_path), resolution=64)
+    codes = {f.code for f in report.findings}
+    assert report.near_duplicates == [] and "near_duplicates" not in codes and "tiny_image" not in codes
+
+
+def test_dataset_check_measures_sizes_against_the_default_models_own(tmp_path):
+    """Without --resolution, `dataset check` measures against the model `train lora` would use (the
+    built-in 64 px demo here), not a fixed 256 px."""
+    from inprocess import hayai
+
+    for i, (_, caption, image) in enumerate(samples(3, 4)):
+        image.save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(caption)
+    report = json.loads(hayai("dataset", "check", tmp_path, "--json").stdout)
+    assert "tiny_image" not in {f["code"] for f in report["findings"]}
+    small = json.loads(hayai("dataset", "check", tmp_path, "-m", "arch:sd15", "--json").stdout)
+    assert "tiny_image" in {f["code"] for f in small["findings"]}  # 64 px pictures for a 512 px model

@@ -93,3 +93,27 @@ def test_presets_follow_seed_000_tiers(spec, family, preset, expected):
     s = suggest(parse_device_spec(spec), family, preset)
     assert (s.tier, s.batch_size, s.width, s.steps) == expected and s.width == s.height
     assert s.allow_lossy == (preset == "speed")
+
+
+def test_presets_keep_a_small_model_at_its_own_size():
+    """The built-in demo model was trained at 64 px: the entry tier's 512 px drew noise."""
+    assert {(s.width, s.height) for s in (suggest(parse_device_spec("cpu"), Family.SD1, p, native=64)
+                                          for p in ("speed", "balanced", "quality"))} == {(64, 64)}
+    assert suggest(parse_device_spec("cpu"), Family.SD1, "speed", native=512).width == 512
+
+
+def test_gtx_16xx_is_rated_at_its_fp32_speed_and_planned_in_float32():
+    from hayai.memory.strategies import candidates
+
+    card = parse_device_spec("GTX 1650 4GB")
+    assert card.tflops == 3.0 and not card.fp16 and card.half_dtype == "float32"
+    assert "--no-half" in card.describe()
+    assert {c.dtype for c in candidates(card)} == {"float32"}
+    assert parse_device_spec("RTX 3060 12GB").half_dtype == "bfloat16"
+
+
+def test_vram_on_a_cpu_is_refused_with_what_to_do_instead():
+    from inprocess import hayai
+
+    proc = hayai("generate", "x", "--vram", "2GB", "--device", "cpu", check=False)
+    assert proc.returncode == 2 and "--vram caps GPU memory" in proc.stderr and "hayai plan --vram 2GB" in proc.stderr

@@ -162,7 +162,7 @@ def test_format_parse_request_round_trip(changes):
     request = make_request(**changes)
     back, unused = request_from_infotext(parse_infotext(infotext_of(request)))
     assert back == request
-    assert unused == {"Model hash": MODEL_HASH, "Version": VERSION}
+    assert unused == {"Model hash": MODEL_HASH}  # "Version" names the program that wrote it: nothing to warn of
 
 
 def test_extras_come_back_unused_and_unquoted():
@@ -172,7 +172,6 @@ def test_extras_come_back_unused_and_unquoted():
     assert list(unused.items()) == [  # Lora hashes are used: the LoRAs come back through the prompt's tags
         ("Model hash", MODEL_HASH),
         ("Token merging ratio", "0.5"),
-        ("Version", VERSION),
     ]
 
 
@@ -202,7 +201,7 @@ def test_parse_a1111_1_10_infotext():
         denoising_strength=0.35, hr_scale=1.5, hr_steps=12, hr_upscaler="R-ESRGAN 4x+ Anime6B",
     )
     assert request.kind == "hires"
-    assert list(unused) == ["Model hash", "VAE hash", "VAE", "Version"]
+    assert list(unused) == ["Model hash", "VAE hash", "VAE"]
 
 
 def test_old_sampler_name_carries_the_schedule():
@@ -285,7 +284,7 @@ def test_image_to_image_and_hires_settings_round_trip(changes):
     # the input image and mask are files: an infotext names neither (the hayai record does), nor the resize mode
     expected = dataclasses.replace(request, init_image=None, mask=None, resize_mode="Just resize")
     assert dataclasses.replace(back, init_image=None, mask=None) == expected
-    assert list(unused) == ["Model hash", "Version"]
+    assert list(unused) == ["Model hash"]
 
 
 def test_a1111_hires_resize_is_read():

@@ -157,3 +157,11 @@ def test_lora_cli_lists_and_inspects(tmp_path, sd1_lora):
     assert data["trigger_words"][0] == "mychar"
     text = runner.invoke(app, ["inspect", "style"])
     assert "A1111 hash" in text.output and "mychar" in text.output
+
+
+def test_sentence_captions_are_not_trigger_words():
+    from hayai.lora.inspect import trigger_words
+
+    captions = {f"a photo of shape {i} on a plain background": 1 for i in range(8)}
+    frequency = {"1_shapes": {**captions, "zqx": 8, "red": 3, "a rare tag": 1}}
+    assert trigger_words({"ss_tag_frequency": json.dumps(frequency)}) == ["shapes", "zqx", "red"]

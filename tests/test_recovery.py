@@ -22,11 +22,13 @@ def _inject_oom_once(module):
 
 @pytest.fixture(scope="module")
 def reference(tiny_folders, tmp_path_factory):
-    """The un-faulted image, made once."""
+    """The un-faulted image, made once (in a home of its own: the tests' `hayai_home` comes later)."""
     out = tmp_path_factory.mktemp("reference")
     request = GenerationRequest(prompt="a green circle", model=str(tiny_folders[Family.SD1]), steps=3, seed=77,
                                 output_dir=str(out))
-    return request, np.asarray(Engine(device="cpu").generate(request).images[0].image)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HAYAI_HOME", str(out / "hayai_home"))
+        return request, np.asarray(Engine(device="cpu").generate(request).images[0].image)
 
 
 @pytest.mark.parametrize("phase, target", [("text_encode", "text_encoder"), ("denoise", "unet"),

@@ -1,4 +1,4 @@
-"""`hayai dataset` and `hayai train lora` as a user runs them: a real process and a real Ctrl-C (SIGINT)."""
+"""`hayai dataset` and `hayai train lora` as a user runs them: in process, and a real process for a real Ctrl-C (SIGINT)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ import time
 
 from hayai.demo.shapes import samples
 from hayai.models.families import Family
-
-
-def _hayai(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "hayai", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hayai {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from inprocess import hayai as _hayai
 
 
 def _pictures(folder, count=6):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from hayai.demo.shapes import samples
 from hayai.models.families import Family
+from hayai.training.samples import LABEL_PX
 from hayai.store import Store
 from hayai.training import TrainConfig, TrainingDiverged, train_lora
 from hayai.training.checkpoint import checkpoint_dirs, load_state
@@ -131,7 +132,8 @@ def test_a_dataset_with_a_corrupt_image_and_a_missing_caption_trains_and_says_so
     chart = Image.open(result.files["chart"])
     assert chart.size == (700, 400)
     grid = Image.open(result.files["samples"])
-    assert grid.size == (2 * 64, 64 * len(result.config["sample_prompts"])) and "step 3" in grid.text["Comment"]
+    rows = len(result.config["sample_prompts"])
+    assert grid.size == (2 * 64, LABEL_PX + rows * (64 + LABEL_PX)) and "step 3" in grid.text["Comment"]
     assert np.asarray(grid).std() > 0
     with Store() as store:
         [run] = store.runs(kind="train_lora")

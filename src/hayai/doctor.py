@@ -110,7 +110,7 @@ def _windows(machine: MachineInfo) -> list[Finding]:
     return [Finding(
         "warning", "sysmem fallback",
         "NVIDIA drivers since 536.40 spill into system RAM when VRAM is full: no error, but a run can take 30x longer "
-        "(seed 001: 2317 s for one SD3.5 image on an 8 GB card)",
+        "(one report: 2317 s for one SD3.5 image on an 8 GB card)",
         "NVIDIA Control Panel > Manage 3D settings > CUDA - Sysmem Fallback Policy: Prefer No Sysmem Fallback "
         "(driver 546.01+); hayai then sees a real OOM and steps down instead",
     )]

@@ -7,7 +7,7 @@ with status 2 (bad input) or 1 (everything else); they never show a traceback fo
 from __future__ import annotations
 
 __all__ = ["HayaiError", "RequestError", "ModelError", "ModelNotFoundError", "UnsafeCheckpointError", "DiskFullError",
-           "disk_full"]
+           "disk_full", "damaged_safetensors"]
 
 
 class HayaiError(Exception):
@@ -38,6 +38,12 @@ class UnsafeCheckpointError(ModelError):
 
 class DiskFullError(HayaiError):
     """A write failed because the disk (or the user's quota) is full."""
+
+
+def damaged_safetensors(path) -> str:
+    """What to say of a .safetensors file its parser refuses (a download cut short, or another kind of file):
+    the parser's own words ("header too large", "invalid header length") tell a user nothing."""
+    return f"{path}: this file is incomplete or not a safetensors file; download it again"
 
 
 def disk_full(error: BaseException, where: object = None) -> DiskFullError | None:

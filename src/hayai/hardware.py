@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hayai.errors import RequestError
 
-__all__ = ["DeviceSpec", "MachineInfo", "probe", "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory",
+__all__ = ["DeviceSpec", "MachineInfo", "probe", "free_cores", "cpu_threads", "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory",
            "allocator_fraction", "GIB", "WINDOWS_VRAM_FRACTION"]
 
 GIB = 1024**3
@@ -30,8 +30,14 @@ _GPU_TFLOPS: dict[str, float] = {
     "a10": 125.0, "t4": 65.0, "v100": 125.0,
     "rtx 4090": 165.2, "rtx 4080": 97.5, "rtx 4070 ti": 80.2, "rtx 4070": 58.3, "rtx 4060 ti": 44.1, "rtx 4060": 30.2,
     "rtx 3090": 71.0, "rtx 3080": 59.5, "rtx 3070": 40.6, "rtx 3060 ti": 32.4, "rtx 3060": 25.6,
-    "rtx 2080 ti": 53.8, "rtx 2070": 29.9, "rtx 2060": 25.8, "gtx 1660": 10.0, "gtx 1080": 9.0,
+    "rtx 2080 ti": 53.8, "rtx 2070": 29.9, "rtx 2060": 25.8, "gtx 1080": 9.0,
+    # GTX 16xx (Turing without tensor cores): their fp32 rate, since they run float32 (see _NO_HALF)
+    "gtx 1660 ti": 5.4, "gtx 1660 super": 5.0, "gtx 1660": 5.0, "gtx 1650 super": 4.4, "gtx 1650": 3.0,
 }
+# GPUs whose half precision gives black or NaN images in Stable Diffusion (A1111 users run them with
+# --no-half): planned in float32.
+_NO_HALF = ("gtx 16",)
+NO_HALF_NOTE = "GTX 16xx: float32, as A1111's --no-half (half precision gives black images on these cards)"
 # GPUs with FP8 tensor cores (Ada, Hopper and newer) and without BF16 (before Ampere).
 _FP8 = ("h200", "h100", "h800", "l40s", "l4", "rtx 40", "rtx 50")
 _NO_BF16 = ("t4", "v100", "rtx 20", "gtx")
@@ -74,7 +80,7 @@ class DeviceSpec:
 
     @property
     def half_dtype(self) -> str:
-        return "bfloat16" if self.bf16 else "float16"
+        return "bfloat16" if self.bf16 else ("float16" if self.fp16 else "float32")
 
     def describe(self) -> str:
         mem = f"{self.total_bytes / GIB:.1f} GiB"
@@ -168,12 +174,12 @@ def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
         devices.append(
             DeviceSpec(
                 kind="rocm" if getattr(torch.version, "hip", None) else "cuda",
-                name=props.name,
+                name=props.name if not any(m in props.name.lower() for m in _NO_HALF) else f"{props.name}; {NO_HALF_NOTE}",
                 total_bytes=int(total),
                 free_bytes=int(free),
                 # natively from Ampere (8.0) on; torch reports emulated bf16 as supported on older cards
                 bf16=bool(torch.cuda.is_bf16_supported(including_emulation=False)) and bf16_by_name and capability >= (8, 0),
-                fp16=True,
+                fp16=not any(marker in props.name.lower() for marker in _NO_HALF),
                 fp8=capability >= (8, 9) or fp8_by_name,
                 sdpa=hasattr(torch.nn.functional, "scaled_dot_product_attention") and capability >= (7, 5),
                 tflops=tflops or _DEFAULT_GPU_TFLOPS,
@@ -193,6 +199,29 @@ def _cpu_device(host_total: int, host_free: int) -> DeviceSpec:
         free_bytes=host_free, bf16=False, fp16=False, fp8=False, sdpa=True, tflops=_cpu_tflops(), link_gbps=0.0,
         host_ram_bytes=host_total, host_tflops=_cpu_tflops(),
     )
+
+
+def free_cores(cpus: int | None = None, load: float | None = None) -> int:
+    """The CPU cores this process may use that other work is not using: the cores it may run on
+    (`os.sched_getaffinity`) less the 1-minute load average, at least 1. On a busy 2-core machine one torch
+    thread denoised 10x faster than two that waited on each other (issue 15)."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cpus, round(cpus - load)))
+
+
+def cpu_threads(asked: int | None = None) -> tuple[int, str]:
+    """How many threads torch should use on the CPU, and why: `asked`, else $OMP_NUM_THREADS, else the free cores."""
+    if asked is not None:
+        if asked < 1:
+            raise RequestError(f"threads={asked} must be at least 1")
+        return asked, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env), "OMP_NUM_THREADS"
+    return free_cores(), "free cores (CPUs less the load average)"
 
 
 def probe() -> MachineInfo:
@@ -265,10 +294,12 @@ def parse_device_spec(text: str, *, host_ram_bytes: int = 32 * GIB) -> DeviceSpe
         raise RequestError(f"device spec {text!r}: PCIe generation {gen} is unknown (3, 4 or 5)")
     kind = "rocm" if ("rocm" in lower or "amd" in lower or "radeon" in lower) else "cuda"
     name = text.strip() if tflops else f"{text.strip()} (speed unknown: assumed {_DEFAULT_GPU_TFLOPS:g} TFLOP/s)"
+    half = not any(marker in lower for marker in _NO_HALF)
+    name = name if half else f"{name}; {NO_HALF_NOTE}"
     # the driver and CUDA context take ~0.3-0.5 GiB of a card before anything is loaded
     context = int(0.4 * GIB)
     return DeviceSpec(
-        kind=kind, name=name, total_bytes=total, free_bytes=max(total - context, 0), bf16=bf16, fp16=True, fp8=fp8,
+        kind=kind, name=name, total_bytes=total, free_bytes=max(total - context, 0), bf16=bf16, fp16=half, fp8=fp8,
         sdpa=True, tflops=tflops or _DEFAULT_GPU_TFLOPS,
         link_gbps=round(_PCIE_LANE_GBPS[gen] * lanes * _PCIE_EFFICIENCY, 1), host_ram_bytes=host_ram_bytes,
         simulated=True,
@@ -308,6 +339,9 @@ def allocator_fraction(device: DeviceSpec, vram: int | None, *, system: str | No
 def cap_memory(device: DeviceSpec, vram: int | None) -> DeviceSpec:
     """The device to plan for with `vram` bytes (None: as it is); on a real CUDA device the allocator is
     capped to match (so going past the plan is a real OOM), or the cap a previous caller set is lifted."""
+    if vram is not None and not device.accelerator:
+        raise RequestError(f"--vram caps GPU memory, and this run is on the CPU ({device.name}); leave it out, or "
+                           f"see a card of that size with `hayai plan --vram {vram / GIB:g}GB`")
     if vram is not None and (vram <= 0 or vram > device.total_bytes):
         raise RequestError(f"vram={vram} must be between 1 and the device's {device.total_bytes} bytes")
     if device.kind in ("cuda", "rocm") and not device.simulated:

@@ -8,9 +8,11 @@ from typing import Optional
 
 import typer
 
+from hayai.cli.app import App
+
 from hayai.cli.output import console, err_console, silence_library_progress
 
-app = typer.Typer(help="Measure models: prompt adherence on the shapes world.", no_args_is_help=True)
+app = App(help="Measure models: prompt adherence on the shapes world.", no_args_is_help=True)
 
 
 @app.command("adherence")

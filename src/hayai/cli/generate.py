@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, format_bytes, printable, progress_printer
+from hayai.cli.output import console, err_console, escape, format_bytes, printable, progress_printer
 from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, RunFlags, request_options, run_flags
 
 
@@ -90,18 +90,18 @@ def _run(given: dict, flags: RunFlags, *, from_image: Path | None = None, preset
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if flags.quiet:
         return
     for image in result.images:
-        console.print(f"{image.path}  seed {image.seed}")
+        console.print(escape(f"{image.path}  seed {image.seed}"), soft_wrap=True)
     phases = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())
     peak = format_bytes(result.peak_memory.peak_bytes)
     console.print(
-        f"[dim]{result.model} ({result.family.value}) on {result.device}/{result.dtype}: {phases}; "
-        f"peak memory {peak} ({result.peak_memory.kind})[/]"
+        "[dim]" + escape(f"{result.model} ({result.family.value}) on {result.device}/{result.dtype}: {phases}; "
+                        f"peak memory {peak} ({result.peak_memory.kind})") + "[/]"
     )
-    console.print(f"[dim]strategy {result.plan_reason}[/]")
+    console.print(f"[dim]strategy {escape(result.plan_reason)}[/]")
     for event in result.events:
         if event.get("event") == "out_of_memory":
             console.print(f"[yellow]out of memory[/] during {event['phase']} with {event['strategy']}: "
@@ -111,9 +111,10 @@ def _run(given: dict, flags: RunFlags, *, from_image: Path | None = None, preset
 def _with_preset(engine, request, given: dict, preset: str, options):
     """Fill the size, batch and steps the user left unset from the preset's tier for this device."""
     from hayai.memory.presets import suggest
+    from hayai.models.loading import native_side
 
     source = engine.catalog.resolve(request.model, allow_pickle=engine.allow_pickle, config=request.model_config)
-    suggestion = suggest(engine.device_spec, source.family, preset)
+    suggestion = suggest(engine.device_spec, source.family, preset, native=native_side(source))
     fill = {"width": suggestion.width, "height": suggestion.height, "batch_size": suggestion.batch_size,
             "steps": suggestion.steps}
     request = dataclasses.replace(request, **{k: v for k, v in fill.items() if k not in given})

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, format_bytes
+from hayai.cli.output import console, escape, format_bytes, printable
 
 
 def history(
@@ -51,11 +51,13 @@ def history(
         return
     from rich.table import Table
 
-    table = Table("id", "time", "status", "model", "images", "total s", "peak", "prompt", box=None)
+    from rich.table import Column
+
+    table = Table("id", "time", "status", "model", "images", "total s", "peak", Column("prompt", overflow="fold"), box=None)
     for r in runs:
         total = sum(r.timings.values()) if r.timings else 0.0
         prompt = r.prompt if len(r.prompt) <= 50 else r.prompt[:47] + "..."
-        status_text = r.status if r.status == "ok" else f"[red]{r.status}[/]"
-        table.add_row(str(r.id), r.created_at[:19], status_text, r.model, str(len(r.outputs)), f"{total:.2f}",
-                      format_bytes(r.peak_memory_bytes), prompt)
+        status_text = r.status if r.status == "ok" else f"[red]{escape(r.status)}[/]"
+        table.add_row(str(r.id), r.created_at[:19], status_text, escape(r.model), str(len(r.outputs)), f"{total:.2f}",
+                      format_bytes(r.peak_memory_bytes), escape(printable(prompt)))
     console.print(table)

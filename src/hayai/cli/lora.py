@@ -7,9 +7,11 @@ import sys
 
 import typer
 
+from hayai.cli.app import App
+
 from hayai.cli.output import console, format_bytes
 
-app = typer.Typer(help="LoRAs: hayai's folder, and A1111 (models/Lora) / ComfyUI (models/loras) installs.", no_args_is_help=True)
+app = App(help="LoRAs: hayai's folder, and A1111 (models/Lora) / ComfyUI (models/loras) installs.", no_args_is_help=True)
 
 
 @app.callback()
@@ -33,7 +35,7 @@ def list_loras(as_json: bool = typer.Option(False, "--json", help="Print as JSON
         return
     if not entries:
         folders = ", ".join(str(f) for f, _ in lora_folders(store))
-        console.print(f"no LoRAs found (looked in {folders}); put .safetensors files in one of them")
+        console.print(escape(f"no LoRAs found (looked in {folders}); put .safetensors files in one of them"))
         return
     from rich.table import Table
 

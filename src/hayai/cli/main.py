@@ -10,10 +10,12 @@ import sys
 
 import typer
 
+from hayai.cli.app import App
+
 from hayai.cli import eval as eval_cli
 from hayai.cli import dataset, generate, history, lora, models, plan, prompt, sweep, train
 
-app = typer.Typer(
+app = App(
     name="hayai",
     help="Fast local image generation with diffusion models.",
     no_args_is_help=True,
@@ -49,12 +51,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run `hayai` with `argv` (default: the process's arguments); always ends in SystemExit."""
     from hayai.errors import HayaiError, disk_full
 
     _quiet_libraries()
     try:
-        app()
+        app(args=argv)
     except HayaiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import typer
 
-from hayai.cli.output import console, format_bytes
+from hayai.cli.app import App
 
-app = typer.Typer(help="The model catalog: hayai's folder, added folders, A1111/ComfyUI installs.", no_args_is_help=True)
+from hayai.cli.output import console, escape, format_bytes
+
+app = App(help="The model catalog: hayai's folder, added folders, A1111/ComfyUI installs.", no_args_is_help=True)
 
 
 def _catalog():
@@ -30,7 +32,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print as JSO
         return
     if not entries:
         folders = ", ".join(str(f) for f in catalog.folders())
-        console.print(f"no models found (looked in {folders}); add one with `hayai models add PATH`")
+        console.print(escape(f"no models found (looked in {folders}); add one with `hayai models add PATH`"))
         from hayai.models.catalog import builtin_source
 
         if builtin_source() is not None:
@@ -40,21 +42,21 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print as JSO
 
     table = Table("name", "family", "kind", "size", "where", box=None)
     for e in entries:
-        family = e.family.value if e.family else f"[red]unusable: {e.problem}[/]"
-        table.add_row(e.name, family, e.kind, format_bytes(e.size_bytes), e.origin)
+        family = e.family.value if e.family else f"[red]unusable: {escape(e.problem)}[/]"
+        table.add_row(escape(e.name), family, e.kind, format_bytes(e.size_bytes), escape(e.origin))
     console.print(table)
 
 
 @app.command("add")
 def add(path: Path = typer.Argument(..., help="A checkpoint, a diffusers folder, a folder of models, or an A1111/ComfyUI install.")) -> None:
     """Register models where they are (nothing is copied)."""
-    console.print(_catalog().add(path))
+    console.print(escape(_catalog().add(path)))
 
 
 @app.command("remove")
 def remove(name: str = typer.Argument(..., help="A name or path given to `models add`.")) -> None:
     """Forget an added model or folder. Files are never deleted."""
-    console.print(_catalog().remove(name))
+    console.print(escape(_catalog().remove(name)))
 
 
 @app.command("info")
@@ -83,4 +85,4 @@ def info(
         return
     for key, value in data.items():
         if value is not None:
-            console.print(f"{key:>10}: {value}")
+            console.print(escape(f"{key:>10}: {value}"))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console
+from hayai.cli.output import console, escape
 from hayai.hardware import parse_size  # noqa: F401  (the CLI's --vram parser: cli.generate and cli.sweep take it from here)
 
 
@@ -25,9 +25,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.
         return
     marks = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warning": "[yellow]warning[/]", "problem": "[red]problem[/]"}
     for finding in findings:
-        console.print(f"{marks[finding.level]:>20}  {finding.topic}: {finding.message}")
+        console.print(f"{marks[finding.level]:>20}  " + escape(f"{finding.topic}: {finding.message}"))
         if finding.fix:
-            console.print(f"{'':>10}  fix: {finding.fix}")
+            console.print(escape(f"{'':>10}  fix: {finding.fix}"))
 
 
 def plan(
@@ -55,30 +55,48 @@ def plan(
     shape = PlanRequest(width or side, height or side, batch, cfg > 1, steps)
     with Store() as store:
         result = plan_keeping_counts(store, facts, shape, spec)
-    suggestions = [suggest(spec, facts.family, p) for p in PRESETS]
+    suggestions = [suggest(spec, facts.family, p, native=facts.native_size) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
                                      "presets": [s.to_dict() for s in suggestions]}, indent=2) + "\n")
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    console.print(f"{label} at {shape.width}x{shape.height}, batch {shape.batch_size}, {shape.steps} steps on "
-                  f"{spec.describe()}; budget {result.budget_bytes / GIB:.2f} GiB")
-    table = Table("", "strategy", "fits", "peak GiB", "encode/denoise/decode GiB", "est. s", box=None)
+    console.print(escape(f"{label} at {shape.width}x{shape.height}, batch {shape.batch_size}, {shape.steps} steps on "
+                         f"{spec.describe()}; budget {result.budget_bytes / GIB:.2f} GiB"))
+    table = Table("", Column("strategy", overflow="fold"), "fits", "peak GiB", "encode/denoise/decode GiB", "est. s",
+                  box=None)
     shown = [e for e in result.candidates if show_all or e is result.chosen or not _dominated(e, result.candidates)]
     for e in shown:
-        phases = "/".join(f"{e.phase_bytes[p] / GIB:.1f}" for p in ("text_encode", "denoise", "vae_decode"))
-        table.add_row("→" if e is result.chosen else "", e.strategy.name, "yes" if e.fits else "[red]no[/]",
-                      f"{e.peak_bytes / GIB:.2f}", phases, f"{e.seconds:.1f}")
+        if spec.accelerator and e.strategy.placement == "cpu":  # it uses no GPU memory: nothing to fit
+            fits, peak, phases = "(RAM)", "-", "-"
+        else:
+            fits, peak = "yes" if e.fits else "[red]no[/]", f"{e.peak_bytes / GIB:.2f}"
+            phases = "/".join(f"{e.phase_bytes[p] / GIB:.1f}" for p in ("text_encode", "denoise", "vae_decode"))
+        table.add_row("→" if e is result.chosen else "", e.strategy.name, fits, peak, phases, f"{e.seconds:.1f}")
     console.print(table)
+    _legend([e.strategy for e in shown])
     if len(shown) < len(result.candidates):
         console.print(f"[dim]{len(result.candidates) - len(shown)} candidates that another beats on both memory "
                       "and time are hidden (--all shows them)[/]")
-    console.print(f"chosen: {result.reason}")
+    console.print(escape(f"chosen: {result.reason}"))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     for s in suggestions:
         console.print(f"preset {s.preset:>8} ({s.tier} tier): {s.width}x{s.height}, batch {s.batch_size}, {s.steps} steps")
+
+
+def _legend(strategies) -> None:
+    """What each placement and switch shown means, in the words of A1111's flags."""
+    from hayai.memory.strategies import IN_A1111_WORDS
+
+    parts = dict.fromkeys(part for s in strategies for part in s.name.split("+"))
+    if any(s.placement != "cpu" and s.dtype == "float32" for s in strategies):
+        parts["float32"] = None
+    for part in parts:
+        words = IN_A1111_WORDS.get("cpu" if part.startswith("cpu-") else part)
+        if words:
+            console.print(escape(f"  {part}: {words}"), style="dim", soft_wrap=True)
 
 
 def _dominated(candidate, everyone) -> bool:

@@ -8,9 +8,11 @@ from typing import Optional
 
 import typer
 
+from hayai.cli.app import App
+
 from hayai.cli.output import console
 
-app = typer.Typer(help="Prompts in A1111 syntax: see what the text encoders will get.", no_args_is_help=True)
+app = App(help="Prompts in A1111 syntax: see what the text encoders will get.", no_args_is_help=True)
 
 
 @app.callback()
@@ -30,12 +32,9 @@ def check(
     """Tokens per encoder, chunk boundaries, what would be cut, weights, LoRA tags, warnings."""
     from rich.markup import escape
 
-    from hayai.cli.output import silence_library_progress
     from hayai.models.catalog import Catalog, is_placeholder
     from hayai.prompts import check_prompt, load_tokenizers
     from hayai.store import Store
-
-    silence_library_progress()
 
     source = Catalog(Store()).resolve(model, config=model_config)
     report = check_prompt(prompt, negative, tokenizers=load_tokenizers(source), family=source.family, steps=steps)
@@ -44,7 +43,7 @@ def check(
     if as_json:
         sys.stdout.write(json.dumps({"model": source.name, **report.to_dict()}, indent=2) + "\n")
         return
-    console.print(f"model: {source.name} ({source.family.value})")
+    console.print(escape(f"model: {source.name} ({source.family.value})"))
     for label, side in (("prompt", report.prompt), ("negative prompt", report.negative)):
         console.print(f"[bold]{label}[/]: " + escape(repr(side.text_without_loras)))
         for tag in side.loras:

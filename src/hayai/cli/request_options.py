@@ -3,7 +3,7 @@
 `@request_options("steps", "cfg_scale", ...)` adds the fields' options (flags and help from
 `hayai.generation.fields`) to a command, grouped in help panels by the kind they apply to, and hands the
 command the values the user set as one dict, `given` (field name -> value, ready for `GenerationRequest`).
-`@run_flags()` adds how to run (--allow-pickle, --vram, --strategy, --device, --json, --quiet) as `flags`.
+`@run_flags()` adds how to run (--allow-pickle, --vram, --strategy, --device, --json, --quiet, --threads) as `flags`.
 """
 
 from __future__ import annotations
@@ -100,13 +100,18 @@ class RunFlags:
     device: str | None = None
     as_json: bool = False
     quiet: bool = False
+    threads: int | None = None
 
     def engine(self):
-        """The engine these flags ask for (the strategy is its default for every call)."""
+        """The engine these flags ask for (the strategy is its default for every call); torch's CPU thread
+        count is set for the process here (--threads, else $OMP_NUM_THREADS, else the free cores)."""
+        import torch
+
         from hayai.cli.output import silence_library_progress
         from hayai.generation.engine import Engine
-        from hayai.hardware import parse_size
+        from hayai.hardware import cpu_threads, parse_size
 
+        torch.set_num_threads(cpu_threads(self.threads)[0])
         silence_library_progress()
         return Engine(allow_pickle=self.allow_pickle, vram=parse_size(self.vram) if self.vram else None,
                       strategy=self.strategy, device=self.device)
@@ -123,11 +128,12 @@ _RUN_FLAGS = {
     "device": (Optional[str], typer.Option(None, "--device", help="cpu, cuda or mps \\[the best one here].")),
     "as_json": (bool, typer.Option(False, "--json", help="Print the result as JSON on stdout.")),
     "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress, no summary.")),
+    "threads": (Optional[int], typer.Option(None, "--threads", help="Torch CPU threads \\[$OMP_NUM_THREADS, else the cores the load average leaves free].")),
 }
 
 
 def run_flags(helps: dict[str, str] | None = None):
-    """Add --allow-pickle, --vram, --strategy, --device, --json and --quiet to a command that takes `flags: RunFlags`."""
+    """Add --allow-pickle, --vram, --strategy, --device, --json, --quiet and --threads to a command that takes `flags: RunFlags`."""
     helps = helps or {}
     added = []
     for name, (annotation, option) in _RUN_FLAGS.items():

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, format_bytes, progress_printer
+from hayai.cli.output import console, err_console, escape, format_bytes, progress_printer
 from hayai.cli.request_options import COMMON, HIRES, IMG2IMG, INPAINT, RunFlags, request_options, run_flags
 
 DEFAULT_PROMPT = "a small red circle at the top left on a white background"  # a shapes caption: adherence is scored
@@ -67,16 +67,16 @@ def sweep(
         sys.stdout.write(json.dumps({**result.to_dict(), "rows": result.rows}, indent=2, ensure_ascii=False) + "\n")
         return
     for warning in dict.fromkeys(w for row in result.rows for w in row["warnings"]):
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if flags.quiet:
         return
     _print_table(result)
     if result.resumed:
         console.print(f"resumed: {result.resumed} cells were already done, {result.ran} ran now")
     for grid in result.grids:
-        console.print(f"grid   {grid}", soft_wrap=True)
-    console.print(f"chart  {result.chart}", soft_wrap=True)
-    console.print(f"table  {result.csv}  (and {result.json.name})", soft_wrap=True)
+        console.print(escape(f"grid   {grid}"), soft_wrap=True)
+    console.print(escape(f"chart  {result.chart}"), soft_wrap=True)
+    console.print(escape(f"table  {result.csv}  (and {result.json.name})"), soft_wrap=True)
 
 
 def _print_table(result) -> None:
@@ -86,7 +86,7 @@ def _print_table(result) -> None:
     for row in result.rows:
         label = ", ".join(part for part in (row["x"], row["y"], row["z"]) if part)
         score = "" if row["adherence"] is None else f"{row['adherence']:.2f}"
-        table.add_row(label, f"{row['seconds']:.2f}", f"{row['seconds_per_step']:.3f}",
+        table.add_row(escape(label), f"{row['seconds']:.2f}", f"{row['seconds_per_step']:.3f}",
                       format_bytes(row["peak_memory_bytes"]), score)
     console.print(table)
 
@@ -96,6 +96,18 @@ def _sweep_progress(enabled: bool = True):
     """A bar over the whole sweep's work, with the cell running and the ETA for everything left."""
     if not enabled:
         yield None
+        return
+    if not err_console.is_terminal:  # a log or a pipe: a line per finished cell
+        printed = [0]
+
+        def on_line(event) -> None:
+            if event.cells_done > printed[0]:
+                printed[0] = event.cells_done
+                eta = "" if event.eta_seconds is None or event.cells_done == event.cells_total else (
+                    f", ETA {int(event.eta_seconds // 60)}:{int(event.eta_seconds % 60):02d}")
+                err_console.print(f"cell {event.cells_done}/{event.cells_total} done{eta}", soft_wrap=True)
+
+        yield on_line
         return
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
@@ -141,14 +153,14 @@ def explore(
         sys.stdout.write(json.dumps(explored.to_dict(), indent=2) + "\n")
         return
     for warning in explored.result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if flags.quiet:
         return
     for image in explored.result.images:
-        console.print(f"{image.path}  seed {image.seed}", soft_wrap=True)
-    console.print(f"contact sheet  {explored.contact_sheet}", soft_wrap=True)
+        console.print(escape(f"{image.path}  seed {image.seed}"), soft_wrap=True)
+    console.print(escape(f"contact sheet  {explored.contact_sheet}"), soft_wrap=True)
     first = explored.result.images[0].path
-    console.print(f"[dim]refine the one you like: hayai refine {first} --steps 50[/]", soft_wrap=True)
+    console.print("[dim]" + escape(f"refine the one you like: hayai refine {first} --steps 50") + "[/]", soft_wrap=True)
 
 
 @run_flags()
@@ -181,7 +193,7 @@ def refine(
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if not flags.quiet:
         for generated in result.images:
-            console.print(f"{generated.path}  seed {generated.seed}, {result.request.steps} steps", soft_wrap=True)
+            console.print(escape(f"{generated.path}  seed {generated.seed}, {result.request.steps} steps"), soft_wrap=True)

@@ -15,9 +15,11 @@ from typing import Optional
 
 import typer
 
-from hayai.cli.output import console, err_console, silence_library_progress
+from hayai.cli.app import App, PlainHelp
 
-app = typer.Typer(help="Train LoRAs.", no_args_is_help=True)
+from hayai.cli.output import console, escape, err_console, silence_library_progress
+
+app = App(help="Train LoRAs.", no_args_is_help=True)
 
 # TrainConfig field type -> the option's type (tuples become repeatable options)
 _LISTS = {"target_modules": str, "sample_prompts": str, "sample_seeds": int, "save_formats": str}
@@ -78,7 +80,7 @@ lora.__signature__ = inspect.Signature([
                       default=typer.Option(False, "--quiet", "-q", help="No progress, no summary.")),
     *_options(),
 ])
-app.command("lora")(lora)
+app.command("lora", cls=PlainHelp)(lora)  # ~50 long option names: rich's table cut them at 80 columns
 
 
 class _progress:
@@ -123,6 +125,18 @@ class _progress:
             self.bar.console.print(f"[dim]step {event.step}: {event.phase} {escape(event.message)}[/]")
 
 
+def validation_note(config: dict) -> str:
+    """Why the validation loss sits at another level than the training loss (what the two really measure)."""
+    from hayai.training.objective import VALIDATION_TIMESTEPS
+
+    gamma = config.get("min_snr_gamma")
+    weighted = f", weighted by min-SNR (gamma {gamma:g}: the low-noise steps count less)" if gamma else ""
+    return (f"  the validation loss is the plain squared error on the held-out images, with fixed noise at "
+            f"{VALIDATION_TIMESTEPS} timesteps spread over the schedule; the training loss is a running figure on the "
+            f"training images at random timesteps{weighted}. Their levels differ: watch each one's trend (a rising "
+            "validation loss means overfitting)")
+
+
 def _summary(result, config_file: Optional[Path]) -> None:
     from rich.markup import escape
 
@@ -133,6 +147,7 @@ def _summary(result, config_file: Optional[Path]) -> None:
     if result.validation:
         (first_step, first), (last_step, last) = result.validation[0], result.validation[-1]
         console.print(f"validation loss: {first:.4f} (step {first_step}) -> {last:.4f} (step {last_step})")
+        console.print(escape(validation_note(result.config)), style="dim")
     for name, path in result.files.items():
         console.print(escape(f"{name:>10}: {path}"))
     if result.status == "interrupted":

@@ -144,7 +144,7 @@ def check_dataset(scan: DatasetScan, *, resolution: int | None = None, trigger_w
     if tiny:
         target = f"the training resolution {resolution}" if resolution else f"{MIN_SIDE} px"
         add("warning", "tiny_image", f"{len(tiny)} image(s) have a side under {floor} px, less than half of {target}: "
-            f"upscaled, they train blur (seed 002: use sharp, high-resolution images): {_shown([i.relative for i in tiny])}",
+            f"upscaled, they train blur (use sharp images at least the training size): {_shown([i.relative for i in tiny])}",
             [i.relative for i in tiny])
 
     sizes: dict[str, int] = {}
@@ -160,11 +160,11 @@ def check_dataset(scan: DatasetScan, *, resolution: int | None = None, trigger_w
         sides = [max(i.width, i.height) for i in usable]
         if max(sides) > 4 * min(sides):
             add("warning", "inconsistent_sizes", f"image sizes range from {min(sides)} to {max(sides)} px on the long side: "
-                "seed 002 advises a consistent set (same source, similar quality)")
+                "a consistent set (same source, similar quality) trains better")
         modes = Counter("greyscale" if i.mode in ("L", "LA", "1", "I", "I;16", "F") else "colour" for i in usable)
         if len(modes) > 1:
             add("warning", "mixed_colour", f"{modes['greyscale']} greyscale and {modes['colour']} colour images: "
-                "a mixed style teaches a mixed style (seed 002: keep the style consistent)",
+                "a mixed style teaches a mixed style (keep the style consistent)",
                 [i.relative for i in usable if i.mode in ("L", "LA", "1", "I", "I;16", "F")])
 
     # -- how many (seed 002: 20-50, varied) ------------------------------------------------------
@@ -172,10 +172,10 @@ def check_dataset(scan: DatasetScan, *, resolution: int | None = None, trigger_w
     distinct = len(usable) - sum(len(g) - 1 for g in exact) - sum(len(g) - 1 for g in near)
     low, high = ADVISED_IMAGES
     if 0 < distinct < low:
-        add("warning", "few_images", f"{distinct} distinct image(s): seed 002 advises starting with {low}-{high} varied images "
+        add("warning", "few_images", f"{distinct} distinct image(s): start with {low}-{high} varied images "
             "(angles, poses, backgrounds); with fewer, the LoRA tends to copy them rather than learn the concept")
     elif distinct > high:
-        add("info", "many_images", f"{distinct} distinct images, more than the {low}-{high} seed 002 advises to start with: "
+        add("info", "many_images", f"{distinct} distinct images, more than the {low}-{high} a first LoRA needs: "
             "fine if they are consistent; watch the validation loss for overfitting")
     if exact:
         add("warning", "exact_duplicates", f"{len(exact)} group(s) of identical files (each copy counts as one more repeat, "
@@ -198,7 +198,7 @@ def check_dataset(scan: DatasetScan, *, resolution: int | None = None, trigger_w
             f"they train with {shown}: {_shown([i.relative for i in missing])}", [i.relative for i in missing])
     if empty:
         add("warning", "empty_caption", f"{len(empty)} caption file(s) are empty: those images train unconditioned "
-            f"(seed 002: caption each image accurately): {_shown([i.relative for i in empty])}", [i.relative for i in empty])
+            f"(caption each image accurately): {_shown([i.relative for i in empty])}", [i.relative for i in empty])
     if scan.orphan_captions:
         add("info", "orphan_captions", f"{len(scan.orphan_captions)} caption file(s) have no image: {_shown(list(scan.orphan_captions))}",
             list(scan.orphan_captions))
@@ -225,7 +225,7 @@ def check_dataset(scan: DatasetScan, *, resolution: int | None = None, trigger_w
             top, median = varying[0][1], statistics.median(n for _, n in varying)
             if top >= 5 * median and top / len(texts) >= 0.5:
                 add("warning", "unbalanced_tags", f"{varying[0][0]!r} is in {top} of {len(texts)} captions, {top / median:.0f}x the "
-                    "typical tag: seed 002 advises a balanced dataset, not one biased to one element")
+                    "typical tag: a balanced dataset trains better than one biased to one element")
     if usable and not findings_of(findings, "error"):
         add("info", "prepare", "images are resized and cropped into aspect buckets at training time (or ahead of it with "
             "`hayai dataset prepare`); your folder is never modified")

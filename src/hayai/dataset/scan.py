@@ -113,6 +113,7 @@ def hamming(a: int, b: int) -> int:
 
 NEAR_DUPLICATE_BITS = 4  # difference-hash bits (of 64) within which two pictures may be the same
 NEAR_DUPLICATE_COLOUR = 4.0  # and mean colour difference of their 8x8 thumbnails (of 255) within which they are
+NEAR_DUPLICATE_CELL = 24  # and no thumbnail value further apart than this (a small shape of another colour is)
 
 
 def looks_alike(a: ImageRecord, b: ImageRecord) -> bool:
@@ -120,8 +121,8 @@ def looks_alike(a: ImageRecord, b: ImageRecord) -> bool:
     The hash alone confuses flat pictures (a small shape on a plain background hashes to nearly all zeros)."""
     if hamming(a.dhash, b.dhash) > NEAR_DUPLICATE_BITS:
         return False
-    difference = sum(abs(x - y) for x, y in zip(a.thumbnail, b.thumbnail)) / len(a.thumbnail)
-    return difference <= NEAR_DUPLICATE_COLOUR
+    differences = [abs(x - y) for x, y in zip(a.thumbnail, b.thumbnail)]
+    return sum(differences) / len(differences) <= NEAR_DUPLICATE_COLOUR and max(differences) <= NEAR_DUPLICATE_CELL
 
 
 def _read_image(path: Path) -> dict:

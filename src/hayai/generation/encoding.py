@@ -86,7 +86,8 @@ class PromptSchedule:
         self.negative = negative
         self.conditionings = conditionings
         pooled = self._POOLED_NAME.get(self.family)
-        self.tensor_inputs = ("prompt_embeds",) + ((pooled,) if pooled else ())
+        # "latents" too: the finite check at the end of every step (generation/execute.py) reads them
+        self.tensor_inputs = ("latents", "prompt_embeds") + ((pooled,) if pooled else ())
         self._current = self._indices(0)
 
     def _indices(self, step: int) -> tuple[int, int]:

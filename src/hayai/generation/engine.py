@@ -232,6 +232,8 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
+        predicted = next((e.seconds for e in the_plan.candidates if e.strategy == strategy), the_plan.chosen.seconds)
+        emit(ProgressEvent("plan", 0, 1, strategy.name, seconds=predicted * resolved.batch_count))
         seeds = resolved.seeds()
         images: list[GeneratedImage] = []
         events: list[dict] = [{"plan": reason}]
@@ -324,7 +326,10 @@ class Engine:
                 "path": str(loaded.source.path), "hub_id": loaded.source.hub_id}
 
     def _runtime_record(self, loaded: LoadedModel) -> dict:
-        return {"device": loaded.strategy.device, "dtype": loaded.strategy.dtype, "strategy": loaded.strategy.name}
+        import torch
+
+        return {"device": loaded.strategy.device, "dtype": loaded.strategy.dtype, "strategy": loaded.strategy.name,
+                "threads": torch.get_num_threads()}
 
     # -- reproducing an image --------------------------------------------------------------------
     def request_from_image(self, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:

@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from hayai.errors import HayaiError, disk_full
+from hayai.errors import HayaiError, RequestError, disk_full
 
 __all__ = ["ImageMetadata", "XMP_NS", "save_image", "read_image_metadata", "next_index", "unique_path", "claim_name"]
 
@@ -177,6 +177,8 @@ def read_image_metadata(path: Path) -> ImageMetadata:
             if hayai_json is None:
                 hayai_json = _read_xmp(image.info.get("xmp"))
             hayai = json.loads(hayai_json) if hayai_json is not None else None
+    except FileNotFoundError:
+        raise RequestError(f"{path}: file not found") from None
     # OSError: missing or not an image; SyntaxError: Pillow's "broken PNG"; ValueError: bad JSON or XML
     except (OSError, SyntaxError, ValueError) as exc:
         raise HayaiError(f"cannot read image metadata from {path}: {exc}") from exc

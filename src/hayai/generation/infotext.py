@@ -238,7 +238,8 @@ def request_from_infotext(info: Infotext) -> tuple[GenerationRequest, dict[str, 
     """
     params = info.params
     fields: dict[str, object] = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
-    used = {"Size", _HIRES_RESIZE, "Lora hashes"}  # the LoRAs themselves come back through the prompt's <lora:...> tags
+    # the LoRAs themselves come back through the prompt's <lora:...> tags; "Version" names the program that wrote it
+    used = {"Size", _HIRES_RESIZE, "Lora hashes", "Version"}
     for spec in FIELDS:
         if spec.infotext and spec.infotext in params:
             fields[spec.name] = _read(spec, spec.infotext, params[spec.infotext])

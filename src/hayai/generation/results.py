@@ -15,10 +15,11 @@ __all__ = ["ProgressEvent", "ProgressCallback", "GeneratedImage", "GenerationRes
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    phase: str  # "load", "denoise", "save"
+    phase: str  # "load", "plan" (before the first step), "denoise", "save"
     done: int
     total: int
     detail: str = ""
+    seconds: float | None = None  # "plan": the predicted time of the whole run
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

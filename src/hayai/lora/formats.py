@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hayai.errors import ModelError, ModelNotFoundError
+from hayai.errors import ModelError, ModelNotFoundError, damaged_safetensors
 
 __all__ = [
     "FORMATS",
@@ -152,7 +152,7 @@ def read_lora_file(path: Path) -> LoraFile:
             metadata = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise LoraError(f"{path} is not a readable .safetensors file ({exc})") from None
+        raise LoraError(damaged_safetensors(path)) from None
     fmt = detect_format(tensors)
     config = None
     config_path = path.with_name("adapter_config.json")

@@ -107,7 +107,8 @@ def detect_lora_family(layers: list[LayerWeights], metadata: dict[str, str]) -> 
 
 
 def trigger_words(metadata: dict[str, str], limit: int = 10) -> list[str]:
-    """Likely trigger words: kohya folder class names, then the most frequent caption tags."""
+    """Likely trigger words: kohya folder class names, then the most frequent caption tags (tags of at most
+    three words found in two captions or more: a sentence caption, unique to its image, is no trigger)."""
     words: list[str] = []
     phrase = metadata.get("modelspec.trigger_phrase")
     if phrase:
@@ -123,10 +124,10 @@ def trigger_words(metadata: dict[str, str], limit: int = 10) -> list[str]:
             words.append(match.group(1).strip())
         if isinstance(tags, dict):
             counts.update({str(tag).strip(): int(n) for tag, n in tags.items() if str(tag).strip()})
-    for tag, _ in counts.most_common():
-        if len(words) >= limit:
+    for tag, count in counts.most_common():
+        if len(words) >= limit or count < 2:
             break
-        if tag not in words:
+        if tag not in words and len(tag.split()) <= 3:
             words.append(tag)
     return words[:limit]
 

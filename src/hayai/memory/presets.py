@@ -41,16 +41,20 @@ class Suggestion:
         return asdict(self)
 
 
-def suggest(device: DeviceSpec, family: Family, preset: str = "balanced") -> Suggestion:
+def suggest(device: DeviceSpec, family: Family, preset: str = "balanced", *, native: int | None = None) -> Suggestion:
+    """The preset's settings for `device`; sizes stay near `native`, the model's own side (default: its
+    family's: a model trained at 64 px, like the built-in demo, draws noise at 512)."""
     if preset not in PRESETS:
         raise RequestError(f"preset={preset!r} must be one of: {', '.join(PRESETS)}")
     memory = device.total_bytes / GIB if device.accelerator else 0.0  # a CPU is the entry tier whatever its RAM
     tier, _, batches, sides, steps = next(t for t in _TIERS if memory >= t[1])
     pick = {"speed": 0.0, "balanced": 0.5, "quality": 1.0}[preset]
-    info = FAMILY_INFO[family]
+    native = native or FAMILY_INFO[family].native_size
     side = sides[0] + (sides[1] - sides[0]) * pick
-    side = min(max(side, 0.75 * info.native_size), 1.5 * info.native_size)
-    side = int(side) - int(side) % 64  # sizes on a 64 px grid suit every family's VAE and patch size
+    small = 1.5 * native < _TIERS[-1][3][0]  # a model trained below every tier (a 64 px demo) stays at its size
+    side = native if small else min(max(side, 0.75 * native), 1.5 * native)
+    grid = 64 if native >= 256 else 8  # a 64 px grid suits every family's VAE and patch size; tiny models: 8
+    side = max(int(side) - int(side) % grid, grid)
     return Suggestion(
         preset=preset, tier=tier, batch_size=round(batches[0] + (batches[1] - batches[0]) * pick),
         width=side, height=side, steps=round(steps[0] + (steps[1] - steps[0]) * pick), allow_lossy=preset == "speed",

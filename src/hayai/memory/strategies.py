@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["Strategy", "PLACEMENTS", "VAE_TILE_PX", "candidates"]
+__all__ = ["Strategy", "PLACEMENTS", "IN_A1111_WORDS", "VAE_TILE_PX", "candidates"]
 
 # Tiled VAE decoding works on tiles of this many pixels. diffusers' default tile is the VAE's sample_size,
 # 1024 px for SDXL and SD3, so a 1024 px image would not be tiled at all; 512 px tiles (with diffusers'
@@ -33,6 +33,22 @@ PLACEMENTS = (
     "sequential_offload",  # every layer streams in when called (diffusers enable_sequential_cpu_offload)
     "cpu",  # no accelerator
 )
+
+# Each placement and switch as an A1111 user knows it (the nearest command-line flag or setting).
+IN_A1111_WORDS = {
+    "resident": "everything on the GPU: A1111 with no memory flag",
+    "te_offload": "text encoders wait in RAM and stream in to encode each prompt; the rest stays on the GPU "
+                  "(no A1111 flag: a lighter --medvram)",
+    "te_cpu": "text encoders run on the CPU; the rest stays on the GPU",
+    "model_offload": "one model (text encoder, UNet, VAE) on the GPU at a time: ~ A1111 --medvram",
+    "group_offload": "the UNet's blocks stream in just ahead of use (no A1111 flag; between --medvram and --lowvram)",
+    "sequential_offload": "every layer moves to the GPU when called: ~ A1111 --lowvram",
+    "cpu": "all on the CPU, in float32: ~ A1111 --use-cpu all --no-half",
+    "vae-tiling": "the VAE decodes in tiles: ~ A1111's Tiled VAE",
+    "split": "the CFG halves and batch items go through the UNet one at a time",
+    "fp8": "UNet weights stored in fp8: ~ A1111's 'FP8 weight' setting (pixels change slightly)",
+    "float32": "float32 on a GPU: ~ A1111 --no-half",
+}
 
 
 @dataclass(frozen=True)

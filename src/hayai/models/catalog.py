@@ -143,7 +143,9 @@ class Catalog:
             return f"{'added' if added else 'already added'}: model {entry.name} ({what}) at {path}"
         added = self.store.add_catalog_entry(path, "folder")
         scanned = ", ".join(str(p) for p in install_subfolders(path))
-        return f"{'added' if added else 'already added'}: folder {path} (models are read from {scanned})"
+        broken = [e for e in self.entries() if e.problem and e.path.is_relative_to(path)]
+        unusable = "".join(f"\n  cannot be used (never chosen as the default): {e.name}: {e.problem}" for e in broken)
+        return f"{'added' if added else 'already added'}: folder {path} (models are read from {scanned}){unusable}"
 
     def remove(self, name_or_path: str) -> str:
         """Forget a registration. Never deletes the user's files."""
@@ -189,6 +191,8 @@ class Catalog:
             return placeholder_source()
         if name == BUILTIN_MODEL_NAME and builtin_source() is not None:
             return builtin_source()
+        if Path(name).suffix.lower() in (*SAFE_SUFFIXES, *PICKLE_SUFFIXES) or "\\" in name or name.startswith(("/", "~", ".")):
+            raise ModelNotFoundError(f"model={name!r}: file not found")
         if looks_like_hub_id(name):
             return source_from_hub_cache(name)
         names = [e.name for e in self.entries()]

@@ -75,7 +75,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} cannot be read as JSON ({exc}); the model folder is damaged") from None
+        raise ModelError(f"{path} is incomplete or not JSON: the model folder is damaged; download it again") from None
 
 
 _ADAPTER_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".alpha", ".hada_", ".lokr_")

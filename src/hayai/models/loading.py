@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError
+from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError, damaged_safetensors
+from hayai.models.headers import safetensors_header
 from hayai.models.families import FAMILY_INFO, Family, detect_family_from_folder, detect_family_from_keys
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "read_checkpoint_shapes",
     "load_pipeline",
     "native_size",
+    "native_side",
 ]
 
 ARCH_PREFIX = "arch:"  # `--model arch:sd15`: a real architecture with random weights (hayai.models.architectures)
@@ -71,7 +73,7 @@ def read_checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise ModelError(f"{path} is not a readable .safetensors file ({exc})") from None
+        raise ModelError(damaged_safetensors(path)) from None
 
 
 def source_from_path(path: Path, *, allow_pickle: bool = False, config: Path | None = None) -> ModelSource:
@@ -112,6 +114,12 @@ def _check_components(folder: Path) -> None:
         listed = ", ".join(f"{name}/" for name in missing)
         raise ModelError(f"{folder} is incomplete: it has no {listed} folder, which its model_index.json names; "
                          "copy or download the whole model folder again")
+    for name in index:  # a weights file cut short would be found only at load time, after the model became the default
+        for weights in sorted((folder / name).glob("*.safetensors")) if (folder / name).is_dir() else ():
+            try:
+                safetensors_header(weights)
+            except (OSError, ValueError, UnicodeDecodeError):
+                raise ModelError(damaged_safetensors(weights)) from None
 
 
 def _family_of_pickle(path: Path) -> Family:
@@ -182,6 +190,21 @@ def source_from_hub_cache(repo_id: str) -> ModelSource:
         ) from None
     source = source_from_path(folder)
     return ModelSource("folder", folder, source.family, repo_id, hub_id=repo_id)
+
+
+def native_side(source: ModelSource) -> int:
+    """The side a model draws at by default, from its configs only (no weights, no torch): the denoiser's
+    sample_size x the VAE's scale; a single file or an architecture: its family's."""
+    if source.kind == "folder":
+        try:
+            denoiser = next(source.path / name / "config.json" for name in ("unet", "transformer")
+                            if (source.path / name / "config.json").is_file())
+            sample = json.loads(denoiser.read_text())["sample_size"]
+            blocks = json.loads((source.path / "vae" / "config.json").read_text())["block_out_channels"]
+            return (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(blocks) - 1)
+        except (StopIteration, OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged folder: its loading will say so
+    return FAMILY_INFO[source.family].native_size
 
 
 def native_size(pipe) -> tuple[int, int]:

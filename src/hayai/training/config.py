@@ -66,19 +66,19 @@ class TrainConfig:
     buckets: bool = _f(True, "aspect-ratio buckets (kohya's); false: centre-crop every image to a square")
     validation_fraction: float = _f(0.1, "share of the images held out for the validation loss (at least one once there are 4)")
     # -- the network -----------------------------------------------------------------------------
-    rank: int = _f(16, "LoRA rank (kohya network_dim): the size of the update; try several (seed 002)")
+    rank: int = _f(16, "LoRA rank (kohya network_dim): the size of the update; try several (a small rank can underfit, a large one overfit)")
     alpha: float | None = _f(None, "LoRA alpha (kohya network_alpha): the update is scaled by alpha / rank; None: alpha = rank")
     target_modules: tuple[str, ...] | None = _f(None, "layers to train, by name or name suffix (PEFT's rule); None: the denoiser's "
                                                       "attention projections (to_q, to_k, to_v, to_out.0, and SD3's context ones)")
     train_text_encoder: bool = _f(False, "also train the CLIP text encoders' attention (kohya's default trains them; off is safer)")
-    dropout: float = _f(0.0, "LoRA dropout on each layer's input (regularisation, seed 002)")
+    dropout: float = _f(0.0, "LoRA dropout on each layer's input (regularisation against overfitting a small dataset)")
     # -- optimisation ----------------------------------------------------------------------------
     learning_rate: float = _f(1e-4, "peak learning rate of the denoiser's LoRA (kohya's unet_lr default)")
     text_encoder_lr: float | None = _f(None, "learning rate of the text encoders' LoRA; None: half of learning_rate")
     lr_scheduler: str = _f("cosine", "constant, linear (to 0) or cosine (to 0), after the warmup")
     warmup_steps: int | None = _f(None, "linear warmup from 0; None: 5% of the steps")
     optimizer: str | None = _f(None, "adamw or adamw8bit (bitsandbytes, CUDA only); None: adamw8bit where it runs, else adamw")
-    weight_decay: float = _f(0.01, "AdamW weight decay (regularisation, seed 002)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (regularisation against overfitting a small dataset)")
     max_grad_norm: float | None = _f(1.0, "clip the gradients' norm to this; None: no clipping")
     batch_size: int | None = _f(None, "images per step and device; None: what the memory planner fits (at most 4)")
     gradient_accumulation: int = _f(1, "micro-batches summed per optimizer step (a larger batch in the same memory)")

@@ -189,7 +189,7 @@ class Run:
             with s.whole_pipeline() as pipe, s.autocast():
                 grid = sample_grid(pipe, s.family, list(config.sample_prompts), list(config.sample_seeds),
                                    steps=config.sample_steps, cfg=config.sample_cfg, width=config.resolution,
-                                   height=config.resolution, caption=f"{config.output_name}, step {self.step}")
+                                   height=config.resolution, caption=f"step {self.step}, {config.output_name}")  # the step first: the title band cuts at the grid width
         finally:
             s.network.train(True)
         path = self.run_dir / "samples" / f"step-{self.step:06d}.png"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["loss_chart", "sample_grid"]
+__all__ = ["loss_chart", "loss_figure", "sample_grid", "labelled_grid"]
 
 
 def sample_grid(pipe, family, prompts: list[str], seeds: list[int], *, steps: int, cfg: float, width: int, height: int,
                 caption: str = ""):
-    """A PIL grid: one row per prompt, one column per seed (the prompts and step in its PNG text)."""
+    """A PIL grid: one row per prompt, one column per seed, labelled on the image (a title band with
+    `caption`, a band above each row with its prompt) and in its PNG text."""
     import torch
     from PIL import Image, PngImagePlugin
 
@@ -39,10 +40,7 @@ def sample_grid(pipe, family, prompts: list[str], seeds: list[int], *, steps: in
                 rows.append(pipe(**{**kwargs, **embeds}, output_type="pil").images)
     finally:
         pipe.scheduler = original
-    grid = Image.new("RGB", (width * len(seeds), height * len(prompts)), "white")
-    for r, images in enumerate(rows):
-        for c, image in enumerate(images):
-            grid.paste(image, (c * width, r * height))
+    grid = labelled_grid(rows, width, height, caption, prompts)
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", caption + "\n" + "\n".join(f"row {i + 1}: {p}" for i, p in enumerate(prompts))
                   + f"\ncolumns: seeds {', '.join(map(str, seeds))}")
@@ -50,8 +48,43 @@ def sample_grid(pipe, family, prompts: list[str], seeds: list[int], *, steps: in
     return grid
 
 
+LABEL_PX = 14  # the height of a text band: PIL's default bitmap font is 11 px tall
+
+
+def labelled_grid(rows, width: int, height: int, title: str, labels: list[str]):
+    """`rows` of images pasted in a grid under a `title` band, each row under a band with its label
+    (cut to fit the grid's width)."""
+    from PIL import Image, ImageDraw
+
+    columns = max(len(images) for images in rows)
+    grid = Image.new("RGB", (width * columns, LABEL_PX + len(rows) * (height + LABEL_PX)), "white")
+    draw = ImageDraw.Draw(grid)
+    fits = max(1, grid.width // 6)  # the default font is 6 px wide per character
+
+    def label(text: str, top: int) -> None:
+        draw.text((2, top + 1), text if len(text) <= fits else text[: fits - 3] + "...", fill="black")
+
+    label(title, 0)
+    for r, images in enumerate(rows):
+        top = LABEL_PX + r * (height + LABEL_PX)
+        label(labels[r], top)
+        for c, image in enumerate(images):
+            grid.paste(image, (c * width, top + LABEL_PX))
+    return grid
+
+
 def loss_chart(path: Path, losses: list[tuple[int, float]], validation: list[tuple[int, float]], *, title: str) -> Path:
     """Training loss (raw and smoothed) and validation loss against the step, as a PNG."""
+    figure = loss_figure(losses, validation, title=title)
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial.png")
+    figure.savefig(partial, format="png")
+    partial.replace(path)
+    return path
+
+
+def loss_figure(losses: list[tuple[int, float]], validation: list[tuple[int, float]], *, title: str):
+    """The figure `loss_chart` saves; the legend sits under the axes, where it hides no curve."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -74,10 +107,6 @@ def loss_chart(path: Path, losses: list[tuple[int, float]], validation: list[tup
     axes.set_title(title)
     axes.grid(alpha=0.3)
     if losses or validation:
-        axes.legend()
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False, fontsize="small")
     figure.tight_layout()
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, format="png")
-    partial.replace(path)
-    return path
+    return figure
