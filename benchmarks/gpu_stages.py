@@ -302,7 +302,7 @@ def _ladder_run(ctx: StageContext, item: str, cap: str, ref: str, native: int, m
     from hayai.generation.engine import Engine
     from hayai.hardware import parse_size
 
-    engine = Engine(device=ctx.device, vram=parse_size(cap))
+    engine = Engine(device=ctx.device, vram=parse_size(cap) if ctx.cuda else None)  # a CPU has no VRAM to cap
     forced = base_strategy(engine)
     record = {"item": item, "vram": cap, "forced": forced}
     try:
@@ -341,7 +341,7 @@ def train(ctx: StageContext) -> None:
                 step_peak[0] = memory.peak()
 
     config = TrainConfig(dataset=str(data), model=ref, output_name="gpu-check", output_dir=str(ctx.scratch / "train-run"),
-                         overwrite=True, resolution=native, device=ctx.device, vram=cap, steps=steps, lr_scheduler="constant",
+                         overwrite=True, resolution=native, device=ctx.device, vram=cap if ctx.cuda else None, steps=steps, lr_scheduler="constant",
                          warmup_steps=0, validation_fraction=0.0, checkpoint_every=steps, sample_every=steps,
                          sample_steps=2 if ctx.dry else 4, sample_prompts=(PROMPT,), sample_seeds=(1,),
                          mixed_precision=None if ctx.cuda else "no")

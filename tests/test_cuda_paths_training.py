@@ -28,7 +28,7 @@ def test_mixed_precision_training_makes_its_sample_grids(tiny_folders, tmp_path,
     grids = sorted((result.run_dir / "samples").glob("step-*.png"))
     assert [g.name for g in grids] == ["step-000001.png", "step-000002.png"]
     width, height = Image.open(grids[-1]).size
-    assert width == 64 and height % 64 == 0  # one 64 px column (seed), one row per prompt
+    assert width == 64 and height >= 64  # one 64 px column (seed), a row per prompt under a title band
 
 
 def test_caching_is_planned_with_the_largest_chunk_that_fits():
@@ -50,17 +50,21 @@ def test_caching_is_planned_with_the_largest_chunk_that_fits():
 
 
 def test_train_lora_takes_vram_and_plans_for_it(tiny_folders, tmp_path):
-    import json
-
+    from hayai.hardware import capped, parse_device_spec, parse_size
+    from hayai.memory.facts import facts_for_architecture
+    from hayai.memory.training import TrainingRequest, plan_training
     from tests.test_cli import hayai
 
+    card = parse_device_spec("RTX 3060 12GB")
+    whole = plan_training(facts_for_architecture("sd15"), TrainingRequest(512, 512, 3_000_000, 40), card)
+    small = plan_training(facts_for_architecture("sd15"), TrainingRequest(512, 512, 3_000_000, 40),
+                          capped(card, parse_size("6GB")))
+    assert small.budget_bytes < 6 * 1024**3 < whole.budget_bytes
     dataset = _dataset(tmp_path / "data")
-    out = hayai("train", "lora", "--dataset", dataset, "--model", tiny_folders[Family.SD1], "--output-name", "capped",
-                "--steps", "1", "--rank", "2", "--resolution", "64", "--device", "cpu", "--sample-every", "0",
-                "--vram", "1.5GB", "--json").stdout
-    result = json.loads(out)
-    assert result["status"] == "ok" and result["config"]["vram"] == "1.5GB"
-    assert result["plan"]["budget_bytes"] < 1.5 * 1024**3
+    # on a CPU there is no VRAM to cap: refused with what to do, as `hayai generate --vram` is
+    cpu = hayai("train", "lora", "--dataset", dataset, "--model", tiny_folders[Family.SD1], "--device", "cpu",
+                "--vram", "1.5GB", check=False)
+    assert cpu.returncode == 2 and "caps GPU memory" in cpu.stderr
     bad = hayai("train", "lora", "--dataset", dataset, "--vram", "lots", check=False)
     assert bad.returncode != 0 and "vram" in bad.stderr
 

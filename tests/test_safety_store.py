@@ -6,7 +6,6 @@ import errno
 import os
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from hayai.cli.main import app

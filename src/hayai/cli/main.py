@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
 
 from hayai.cli.app import App
 

@@ -17,7 +17,7 @@ import typer
 
 from hayai.cli.app import App, PlainHelp
 
-from hayai.cli.output import console, escape, err_console, silence_library_progress
+from hayai.cli.output import console, err_console, silence_library_progress
 
 app = App(help="Train LoRAs.", no_args_is_help=True)
 

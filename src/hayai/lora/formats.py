@@ -151,7 +151,7 @@ def read_lora_file(path: Path) -> LoraFile:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for a damaged file
+    except Exception:  # safetensors raises its own error types for a damaged file
         raise LoraError(damaged_safetensors(path)) from None
     fmt = detect_format(tensors)
     config = None

@@ -74,7 +74,7 @@ def detect_family_from_folder(folder: Path) -> Family:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise ModelError(f"{path} is incomplete or not JSON: the model folder is damaged; download it again") from None
 
 

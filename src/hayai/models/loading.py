@@ -72,7 +72,7 @@ def read_checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for a damaged header
+    except Exception:  # safetensors raises its own error types for a damaged header
         raise ModelError(damaged_safetensors(path)) from None
 
 

@@ -17,7 +17,7 @@ def sample_grid(pipe, family, prompts: list[str], seeds: list[int], *, steps: in
     """A PIL grid: one row per prompt, one column per seed, labelled on the image (a title band with
     `caption`, a band above each row with its prompt) and in its PNG text."""
     import torch
-    from PIL import Image, PngImagePlugin
+    from PIL import PngImagePlugin
 
     from hayai.generation.encoding import prompt_kwargs
     from hayai.generation.execute import pipeline_kwargs
