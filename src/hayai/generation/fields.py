@@ -70,7 +70,7 @@ FIELDS: tuple[RequestField, ...] = (
        minimum=1, maximum=1000),
     _F("cfg_scale", "float", None, "CFG scale \\[the model card's, else 7].", ("--cfg",), api="cfg_scale", label="CFG Scale",
        aliases=("cfg", "guidance", "guidance_scale"), infotext="CFG scale", minimum=0.0, maximum=100.0),
-    _F("sampler", "str", None, 'A1111 sampler name, e.g. "Euler a", "DPM++ 2M" \\[the model card's, else the family's].',
+    _F("sampler", "str", None, "A1111 sampler name, e.g. \"Euler a\", \"DPM++ 2M\" \\[the model card's, else the family's].",
        ("--sampler",),
        api="sampler_name", label="Sampler", aliases=("sampler_name",), infotext="Sampler"),
     _F("schedule_type", "str", "Automatic",
