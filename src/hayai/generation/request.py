@@ -26,7 +26,7 @@ from hayai.generation.samplers import (
 from hayai.generation.fields import FIELDS, MASKED_CONTENT, RESIZE_MODES, RequestField
 from hayai.models.families import FAMILY_INFO, Family
 
-__all__ = ["GenerationRequest", "IMAGE_FORMATS", "MAX_SEED"]
+__all__ = ["GenerationRequest", "IMAGE_FORMATS", "MAX_SEED", "round_down_size"]
 
 IMAGE_FORMATS = ("png", "jpg", "webp")
 MAX_SEED = 2**32 - 1  # A1111 seeds are 32-bit
@@ -34,6 +34,11 @@ MAX_SIDE = 8192
 DEFAULT_STEPS = 20  # A1111's UI default (its API's is 50)
 DEFAULT_CFG = 7.0
 DEFAULT_FILENAME_PATTERN = "{index:05d}-{seed}"
+
+
+def round_down_size(width: float, height: float, multiple: int) -> tuple[int, int]:
+    """(width, height) rounded down to `multiple` (at least one multiple), as A1111 truncates a latent."""
+    return max(multiple, int(width) // multiple * multiple), max(multiple, int(height) // multiple * multiple)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ class GenerationRequest:
             raise RequestError("the request's size has not been resolved yet; call resolve() first")
 
         def fit(w: float, h: float) -> tuple[int, int]:
-            return max(size_multiple, int(w) // size_multiple * size_multiple), max(size_multiple, int(h) // size_multiple * size_multiple)
+            return round_down_size(w, h, size_multiple)
 
         if self.progressive:
             first = self.progressive[0]

@@ -9,7 +9,7 @@ progress), `plan_size` (the largest pass, for the planner) and `run` (one batch,
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hayai.errors import RequestError
 from hayai.generation.execute import run_batch
@@ -72,7 +72,6 @@ class BatchRun:
     done_steps: int  # steps of the run before this batch
     encode_on: str | None = None
     cancel: object = None
-    notes: list[str] = field(default_factory=list)
 
     def call(self, pipe, request: GenerationRequest, seeds: list[int], extra: dict, runs: int,
              output_type: str = "pil"):
@@ -81,11 +80,11 @@ class BatchRun:
         pipe.scheduler = build_scheduler(request.sampler, request.schedule_type, loaded.base_scheduler_config,
                                          loaded.flow_matching)
         accepted = inspect.signature(pipe.__call__).parameters
-        dropped = {name: None for name in ("width", "height") if name not in accepted}  # img2img: the image's size
+        dropped = tuple(name for name in ("width", "height") if name not in accepted)  # img2img: the image's size
         images = run_batch(pipe, loaded.family, request, seeds, timer=self.timer, emit=self.emit, batch=0,
                            total_steps=self.total_steps, encode_on=self.encode_on, extra=extra,
                            output_type=output_type, done_steps=self.done_steps, cancel=self.cancel,
-                           drop=tuple(dropped))
+                           drop=dropped)
         self.done_steps += runs
         return images
 

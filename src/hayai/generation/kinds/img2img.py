@@ -12,6 +12,7 @@ import dataclasses
 from hayai.generation.inputs import keep_input, open_input
 from hayai.generation.kinds.base import BatchRun, PipelineKind, img2img_schedule, size_multiple
 from hayai.generation.kinds.pixels import resize_image
+from hayai.generation.request import round_down_size
 from hayai.models.families import Family
 
 __all__ = ["Img2Img", "encode_latents"]
@@ -39,12 +40,16 @@ class Img2Img(PipelineKind):
     def prepare(self, request, family):
         kept = keep_input(request.init_image, "init_image")
         image = open_input(kept, "init_image")
-        multiple = size_multiple(family)
-        size = (max(multiple, image.width // multiple * multiple), max(multiple, image.height // multiple * multiple))
-        return dataclasses.replace(request, init_image=kept), size
+        return dataclasses.replace(request, init_image=kept), round_down_size(*image.size, size_multiple(family))
 
     def steps_run(self, request):
         return img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)[2]
+
+    @staticmethod
+    def schedule(request):
+        """(the request as diffusers runs it, the strength to give diffusers, the steps that run)."""
+        total, strength, runs = img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)
+        return dataclasses.replace(request, steps=total), strength, runs
 
     def run(self, batch: BatchRun, request, seeds):
         pipe = self.pipeline(batch.loaded)
@@ -52,15 +57,13 @@ class Img2Img(PipelineKind):
         if request.resize_mode == LATENT_RESIZE:
             import torch.nn.functional as F
 
-            multiple = size_multiple(batch.loaded.family)
-            own = image.resize((max(multiple, image.width // multiple * multiple), max(multiple, image.height // multiple * multiple)))
+            own = image.resize(round_down_size(*image.size, size_multiple(batch.loaded.family)))
             latents = encode_latents(pipe, own, seeds[0])
             factor = pipe.vae_scale_factor
             fitted = F.interpolate(latents, size=(request.height // factor, request.width // factor), mode="bilinear")
         else:
             fitted = resize_image(request.resize_mode, image, request.width, request.height)
-        total, strength, runs = img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)
-        pass_request = dataclasses.replace(request, steps=total)
+        pass_request, strength, runs = self.schedule(request)
         # one input per image of the batch: SD3's pipeline encodes image i with generator i and has no image i
         # for a single input; SD1/SDXL repeat a single input the same way themselves
         images = fitted.repeat(len(seeds), 1, 1, 1) if hasattr(fitted, "repeat") else [fitted] * len(seeds)

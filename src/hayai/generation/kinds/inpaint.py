@@ -17,7 +17,7 @@ import dataclasses
 
 from hayai.errors import RequestError
 from hayai.generation.inputs import keep_input, open_input
-from hayai.generation.kinds.base import BatchRun, PipelineKind, img2img_schedule
+from hayai.generation.kinds.base import BatchRun
 from hayai.generation.kinds.img2img import Img2Img, encode_latents
 from hayai.generation.kinds.pixels import binary_mask, blur_mask, crop_region, paste_back, prefill, resize_image
 from hayai.models.families import Family
@@ -27,14 +27,14 @@ __all__ = ["Inpaint"]
 LATENT_CONTENT = ("latent noise", "latent nothing")
 
 
-class Inpaint(PipelineKind):
+class Inpaint(Img2Img):  # its input, step count and schedule are img2img's
     name = "inpaint"
     classes = {Family.SD1: "StableDiffusionInpaintPipeline", Family.SD2: "StableDiffusionInpaintPipeline",
                Family.SDXL: "StableDiffusionXLInpaintPipeline", Family.SD3: "StableDiffusion3InpaintPipeline",
                Family.FLUX: "FluxInpaintPipeline"}
 
     def prepare(self, request, family):
-        request, size = Img2Img().prepare(request, family)
+        request, size = super().prepare(request, family)
         mask = request.mask if request.mask == "alpha" else keep_input(request.mask, "mask")
         if mask != "alpha":
             init = open_input(request.init_image, "init_image")
@@ -44,14 +44,11 @@ class Inpaint(PipelineKind):
                                    "give a mask of the image's size")
         return dataclasses.replace(request, mask=mask), size
 
-    def steps_run(self, request):
-        return img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)[2]
-
     def masks(self, request):
         """(input image, blurred mask for the overlay, the region redrawn or None for the whole picture)."""
-        init = open_input(request.init_image, "init_image").convert("RGB")
+        source = open_input(request.init_image, "init_image")
+        init = source.convert("RGB")
         raw = "alpha" if request.mask == "alpha" else open_input(request.mask, "mask")
-        source = open_input(request.init_image, "init_image") if request.mask == "alpha" else None
         mask = binary_mask(raw, source, invert=request.mask_invert)
         blurred = blur_mask(mask, request.mask_blur)
         if blurred.getbbox() is None:
@@ -72,8 +69,7 @@ class Inpaint(PipelineKind):
             overlay_base, overlay_mask = image, mask.point(lambda v: min(255, v * 2))  # A1111: mask x 2, clipped
         if request.masked_content == "fill":
             image = prefill(image, mask)
-        total, strength, runs = img2img_schedule(request.steps, request.denoising_strength, request.denoise_steps)
-        pass_request = dataclasses.replace(request, steps=total)
+        pass_request, strength, runs = self.schedule(request)
         extra = {"image": [image] * len(seeds), "mask_image": [mask] * len(seeds), "strength": strength}
         if request.masked_content in LATENT_CONTENT:
             latents = self._latent_start(batch, pipe, image, mask, seeds, request.masked_content)
