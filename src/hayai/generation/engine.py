@@ -108,8 +108,10 @@ class Engine:
 
     # -- 1 + 2: resolve and load -----------------------------------------------------------------
     def load(self, model: str | None = None, *, model_config: str | None = None,
-             progress: ProgressCallback | None = None) -> LoadedModel:
-        source = self.catalog.resolve(model, allow_pickle=self.allow_pickle, config=model_config)
+             progress: ProgressCallback | None = None, source: ModelSource | None = None) -> LoadedModel:
+        """The model `model` names (or `source`, already resolved from the catalog), kept resident."""
+        if source is None:
+            source = self.catalog.resolve(model, allow_pickle=self.allow_pickle, config=model_config)
         if self._loaded is not None and self._loaded.source == source:
             return self._loaded
         self._loaded = None  # drop the old pipeline before loading the next one
@@ -225,7 +227,7 @@ class Engine:
         recommended = recommended_settings(source)
         kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)
         with timer.phase("load"):
-            loaded = self.load(request.model, model_config=request.model_config, progress=emit)
+            loaded = self.load(source=source, progress=emit)  # resolved once, above
         resolved = request.resolve(loaded.family, input_size or loaded.native_size, recommended=recommended)
         kind.check(resolved, loaded.family)
         requested_loras = [LoraSpec.parse(text) for text in resolved.loras]
