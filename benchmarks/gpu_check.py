@@ -94,16 +94,19 @@ def run_stage(name: str, limit: float, *, dry: bool, jsonl: Path, scratch: Path,
     process.start()
     process.join(limit)
     seconds = round(time.monotonic() - start, 2)
-    if process.is_alive():
+    killed = process.is_alive()
+    if killed:
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):  # not yet its own group
             process.kill()
         process.join()
-        _append(jsonl, {"stage": name, "status": "timeout", "deadline_s": limit, "seconds": seconds})
-        return "timeout"
+    # a stage that wrote its status finished, even if its process was still exiting at the deadline
     status = next((line["status"] for line in reversed(read_lines(jsonl)) if line.get("stage") == name and "status" in line
                    and "item" not in line), None)
+    if status is None and killed:
+        _append(jsonl, {"stage": name, "status": "timeout", "deadline_s": limit, "seconds": seconds})
+        return "timeout"
     if status is None:  # died without a word (a crash in native code, the OOM killer)
         _append(jsonl, {"stage": name, "status": "error", "error": f"exit code {process.exitcode}", "seconds": seconds})
         return "error"
