@@ -12,7 +12,7 @@ import sys
 from hayai.cli.app import App
 
 from hayai.cli import eval as eval_cli
-from hayai.cli import dataset, generate, history, lora, models, plan, prompt, sweep, train
+from hayai.cli import dataset, generate, history, lora, models, plan, prompt, serve, sweep, train
 
 app = App(
     name="hayai",
@@ -37,6 +37,7 @@ app.command("sweep")(sweep.sweep)
 app.command("explore")(sweep.explore)
 app.command("refine")(sweep.refine)
 app.add_typer(eval_cli.app, name="eval")
+app.command("serve")(serve.serve)
 
 
 def _quiet_libraries() -> None:

@@ -110,18 +110,11 @@ def _dominated(candidate, everyone) -> bool:
 
 
 def _facts(model: str | None):
-    from hayai.memory.facts import facts_for_architecture, facts_from_folder
+    from hayai.memory.facts import facts_for_source
     from hayai.models.catalog import Catalog
-    from hayai.models.families import Family
     from hayai.store import Store
 
-    if model and model.startswith("arch:"):
-        return facts_for_architecture(model.split(":", 1)[1]), model
-    source = Catalog(Store()).resolve(model)
-    if source.kind == "folder":
-        return facts_from_folder(source.path), source.name
-    standard = {Family.SD1: "sd15", Family.SD2: "sd15", Family.SDXL: "sdxl", Family.SD3: "sd35m"}[source.family]
-    return facts_for_architecture(standard), f"{source.name} (planned as the standard {standard} architecture)"
+    return facts_for_source(Catalog(Store()).resolve(model))
 
 
 def _device(device: str | None, vram: str | None):

@@ -132,16 +132,18 @@ _RUN_FLAGS = {
 }
 
 
-def run_flags(helps: dict[str, str] | None = None):
-    """Add --allow-pickle, --vram, --strategy, --device, --json, --quiet and --threads to a command that takes `flags: RunFlags`."""
+def run_flags(helps: dict[str, str] | None = None, only: tuple[str, ...] | None = None):
+    """Add --allow-pickle, --vram, --strategy, --device, --json, --quiet and --threads (or the `only` ones) to a
+    command that takes `flags: RunFlags`."""
     helps = helps or {}
+    chosen = {name: flag for name, flag in _RUN_FLAGS.items() if only is None or name in only}
     added = []
-    for name, (annotation, option) in _RUN_FLAGS.items():
+    for name, (annotation, option) in chosen.items():
         if name in helps:
             option = typer.Option(option.default, *option.param_decls, help=helps[name])
         added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
 
     def collect(kwargs) -> RunFlags:
-        return RunFlags(**{name: kwargs.pop(name) for name in _RUN_FLAGS})
+        return RunFlags(**{name: kwargs.pop(name) for name in chosen})
 
     return lambda command: _extend(command, added, "flags", collect)

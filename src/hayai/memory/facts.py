@@ -177,3 +177,17 @@ def facts_for_architecture(name: str) -> ModelFacts:
     if name not in ARCHITECTURES:
         raise ValueError(f"name={name!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}")
     return _architecture_facts(name)
+
+
+def facts_for_source(source) -> tuple[ModelFacts, str]:
+    """The facts of a resolved model (`hayai.models.loading.ModelSource`) without loading it, and how to name
+    it: a folder's from its configs, an architecture's from the meta device, a single file's as the standard
+    architecture of its family."""
+    from hayai.models.families import Family
+
+    if source.kind == "architecture":
+        return facts_for_architecture(source.name.split(":", 1)[1]), source.name
+    if source.kind == "folder":
+        return facts_from_folder(source.path), source.name
+    standard = {Family.SD1: "sd15", Family.SD2: "sd15", Family.SDXL: "sdxl", Family.SD3: "sd35m"}[source.family]
+    return facts_for_architecture(standard), f"{source.name} (planned as the standard {standard} architecture)"

@@ -23,9 +23,10 @@ from typing import Any
 from .. import paths
 from ..errors import HayaiError, disk_full
 from . import catalog_entries as catalog
-from . import flop_counts, hashes, history, strategy_memory, training
+from . import flop_counts, hashes, history, jobs, strategy_memory, training
 from .catalog_entries import CatalogEntry
 from .history import Run
+from .jobs import Job
 from .migrations import migrate
 from .processes import process_token
 
@@ -221,6 +222,50 @@ class Store:
         """(step, value) of one metric ('loss', 'val_loss', 'lr') of a training run."""
         with self._lock:
             return training.metrics(self._conn, run_id, name)
+
+    # -- the server's job queue ----------------------------------------------------------------------
+
+    def submit_job(self, *, api: str, request: dict[str, Any], options: dict[str, Any], priority: int = 0,
+                   idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Queue a job: (the job, True), or (the job this idempotency key already made, False)."""
+        with self._lock:
+            return jobs.insert_job(self._conn, api=api, request=request, options=options, priority=priority,
+                                   idempotency_key=idempotency_key, now=_now())
+
+    def claim_job(self) -> Job | None:
+        """The next queued job, now marked running; None when the queue is empty."""
+        with self._lock:
+            return jobs.claim_next(self._conn, now=_now())
+
+    def job_run_id(self, job_id: str, run_id: int) -> None:
+        with self._lock:
+            jobs.set_run_id(self._conn, job_id, run_id)
+
+    def finish_job(self, job_id: str, *, status: str, result: dict[str, Any] | None = None,
+                   error: str | None = None) -> None:
+        with self._lock:
+            jobs.finish_job(self._conn, job_id, status=status, result=result, error=error, now=_now())
+
+    def cancel_queued_job(self, job_id: str, reason: str = "cancelled") -> bool:
+        with self._lock:
+            return jobs.cancel_queued(self._conn, job_id, now=_now(), reason=reason)
+
+    def requeue_running_jobs(self) -> list[str]:
+        """Jobs a dead server left running go back to the queue (call only while no worker runs)."""
+        with self._lock:
+            return jobs.requeue_running(self._conn)
+
+    def job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return jobs.get_job(self._conn, job_id)
+
+    def jobs(self, *, statuses: tuple[str, ...] = (), limit: int = 100) -> list[Job]:
+        with self._lock:
+            return jobs.list_jobs(self._conn, statuses=statuses, limit=limit)
+
+    def queue_position(self, job: Job) -> int | None:
+        with self._lock:
+            return jobs.queue_position(self._conn, job)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

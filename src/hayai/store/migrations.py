@@ -98,6 +98,27 @@ MIGRATIONS: list[str] = [
         flops  REAL NOT NULL                          -- at batch 1
     );
     """,
+    # 6: the server's job queue (hayai.store.jobs): jobs outlive the server process, so a restart loses none.
+    """
+    CREATE TABLE jobs (
+        seq             INTEGER PRIMARY KEY,          -- submission order (FIFO within a priority)
+        id              TEXT NOT NULL UNIQUE,         -- the job id clients see (32 hex digits)
+        api             TEXT NOT NULL,                -- 'hayai' (asynchronous) or 'a1111' (a client waits)
+        status          TEXT NOT NULL,                -- 'queued', 'running', 'done', 'error', 'interrupted', 'cancelled'
+        priority        INTEGER NOT NULL DEFAULT 0,   -- higher runs first
+        request         TEXT NOT NULL,                -- JSON GenerationRequest, its seed drawn at submission
+        options         TEXT NOT NULL,                -- JSON: how to run it and what to send back
+        idempotency_key TEXT UNIQUE,                  -- a client's retry with the same key finds this job
+        created_at      TEXT NOT NULL,
+        started_at      TEXT,
+        finished_at     TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,   -- times a server started it (a restart runs it again)
+        run_id          INTEGER,                      -- runs.id of its last attempt
+        result          TEXT,                         -- JSON: images, timings, plan (hayai.generation.results)
+        error           TEXT
+    );
+    CREATE INDEX jobs_queue ON jobs (status, priority, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

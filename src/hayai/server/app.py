@@ -1,0 +1,106 @@
+"""The FastAPI app: A1111's routes and hayai's own over one persistent queue, behind the local-server guard.
+
+`create_app(config)` builds it; `hayai serve` runs it on uvicorn. Errors are A1111's JSON shape
+(`{"error", "detail", "body", "errors"}`): 400 for a request hayai refuses (unknown sampler, a model not in
+the catalog), 422 for an input image that is not valid base64 or not an image, 404 for an unknown job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hayai import __version__
+from hayai.errors import HayaiError, ModelError, RequestError
+from hayai.server.requests import ImageInputError
+from hayai.store.jobs import IdempotencyConflict
+from hayai.server.security import LOOPBACK_NAMES, Guard
+from hayai.server.state import ServerConfig, ServerState
+
+__all__ = ["create_app", "submit", "wait_for"]
+
+log = logging.getLogger("hayai.server")
+
+
+def create_app(config: ServerConfig, state: ServerState | None = None):
+    """The ASGI app for `config` (the guard wraps FastAPI, so refused requests never reach a route)."""
+    from hayai.server import a1111, hayai_api
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        requeued = app.state.hayai.start()
+        if requeued:
+            log.warning("put back in the queue %d job(s) a stopped server left running: %s", len(requeued), ", ".join(requeued))
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, app.state.hayai.stop)
+
+    app = FastAPI(title="hayai", version=__version__, lifespan=lifespan,
+                  description="hayai's server: AUTOMATIC1111's API (/sdapi/v1) and hayai's own (/hayai/v1) over one "
+                              "persistent job queue.")
+    app.state.hayai = state if state is not None else ServerState(config)
+    app.include_router(a1111.router)
+    app.include_router(hayai_api.router)
+    _errors(app)
+    hosts = None if not config.loopback else (*LOOPBACK_NAMES, config.host, *config.allow_hosts)
+    return Guard(app, allowed_hosts=hosts, cors_allow=config.cors_allow, auth=list(config.auth),
+                 max_body_bytes=config.max_body_bytes)
+
+
+def _errors(app: FastAPI) -> None:
+    def shape(status: int, error: Exception) -> JSONResponse:
+        detail = str(error)
+        return JSONResponse({"error": type(error).__name__, "detail": detail, "body": None, "errors": detail},
+                            status_code=status)
+
+    @app.exception_handler(ImageInputError)
+    async def bad_image(request: Request, error: ImageInputError):
+        return shape(422, error)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def key_reused(request: Request, error: IdempotencyConflict):
+        return shape(422, error)
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request: Request, error: RequestError):
+        return shape(400, error)
+
+    @app.exception_handler(ModelError)
+    async def bad_model(request: Request, error: ModelError):
+        return shape(400, error)
+
+    @app.exception_handler(HayaiError)
+    async def refused(request: Request, error: HayaiError):
+        return shape(400, error)
+
+
+def submit(state: ServerState, request, *, api: str, options: dict, priority: int = 0,
+           idempotency_key: str | None = None):
+    """Queue a checked request; (job, created). The worker is woken at once."""
+    from hayai.server.catalogs import check_model
+
+    if request.model is not None:
+        check_model(state.catalog, request.model)
+    job, created = state.store.submit_job(api=api, request=request.to_dict(), options=options, priority=priority,
+                                          idempotency_key=idempotency_key)
+    if created and state.worker is not None:
+        state.worker.wake()
+    return job, created
+
+
+async def wait_for(state: ServerState, job_id: str):
+    """Wait, without holding a thread, until the job has finished; the job's row, and its live record."""
+    polls = 0
+    while True:
+        live = state.live.get(job_id)
+        if live is not None and live.finished.is_set():
+            return state.store.job(job_id), live
+        polls += 1
+        if polls % 20 == 0:
+            job = state.store.job(job_id)
+            if job is not None and job.finished:
+                return job, state.live.get(job_id)
+        await asyncio.sleep(0.02 if polls < 100 else 0.1)

@@ -1,0 +1,215 @@
+"""hayai's own API (`/hayai/v1`): what A1111's lacks. A job is submitted and answered at once with its id;
+its state, queue position, progress, plan and images are read when the client likes, or followed as a
+stream of server-sent events. The request fields are the CLI's (the one field table), so a job here and
+`hayai generate` with the same values make the same images."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from hayai import __version__, paths
+from hayai.generation.fields import FIELDS
+from hayai.server.app import submit
+from hayai.server.requests import NOT_OVER_HTTP, queued_request
+
+router = APIRouter(prefix="/hayai/v1", tags=["hayai API"])
+
+_TYPES = {"str": Optional[str], "int": Optional[int], "float": Optional[float], "bool": Optional[bool],
+          "sizes": Optional[list[int]], "strs": Optional[list[str]]}
+_IMAGE_HELP = {"init_image": "The image to start from, as base64 (img2img, inpainting).",
+               "mask": "Inpainting mask as base64: white = redraw."}
+
+HayaiRequest = create_model(
+    "HayaiRequest", __config__=ConfigDict(extra="forbid"),
+    **{spec.name: (_TYPES[spec.type] if spec.name != "prompt" else str,
+                   Field(... if spec.name == "prompt" else None,
+                         description=_IMAGE_HELP.get(spec.name, spec.help.replace("\\[", "["))))
+       for spec in FIELDS if spec.name not in NOT_OVER_HTTP},
+)
+
+
+class JobSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request: HayaiRequest
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; equal priorities run in order.")
+    strategy: Optional[str] = Field(None, description="Force an execution strategy (see /hayai/v1/plan).")
+
+
+def _state(request: Request):
+    return request.app.state.hayai
+
+
+def _fields(body: HayaiRequest) -> tuple[dict, dict]:
+    fields = {key: value for key, value in body.model_dump(exclude_unset=True).items() if value is not None}
+    images = {name: fields.pop(name) for name in ("init_image", "mask") if name in fields}
+    return fields, images
+
+
+@router.get("/health")
+def health(request: Request):
+    state = _state(request)
+    return {"status": "ok", "version": __version__, "queued": len(state.store.jobs(statuses=("queued",), limit=10_000)),
+            "running": state.live.current.id if state.live.current else None}
+
+
+@router.post("/jobs", status_code=202)
+async def create_job(request: Request, body: JobSubmission,
+                     idempotency_key: Optional[str] = Header(None, max_length=200,
+                                                             description="A retry with the same key returns the same job.")):
+    state = _state(request)
+    fields, images = _fields(body.request)
+    queued = await asyncio.to_thread(queued_request, fields, images=images)
+    if body.strategy is not None:
+        state.engine.strategy_named(body.strategy)  # refused now, not when the job runs
+    job, created = submit(state, queued, api="hayai", options={"save": True, "strategy": body.strategy},
+                          priority=body.priority, idempotency_key=idempotency_key)
+    return JSONResponse(_view(state, job), status_code=202 if created else 200)
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, status: Optional[str] = None, limit: int = 100):
+    from hayai.store.jobs import JOB_STATUSES
+
+    if status is not None and status not in JOB_STATUSES:
+        raise HTTPException(400, f"status={status!r} must be one of: {', '.join(JOB_STATUSES)}")
+    state = _state(request)
+    return [_view(state, job) for job in state.store.jobs(statuses=(status,) if status else (), limit=max(1, min(limit, 1000)))]
+
+
+@router.get("/jobs/{job_id}")
+def get_job(request: Request, job_id: str):
+    state = _state(request)
+    return _view(state, _job(state, job_id))
+
+
+@router.delete("/jobs/{job_id}")
+def cancel_job(request: Request, job_id: str):
+    """Cancel a queued job, or interrupt a running one at its next step (the images finished are kept)."""
+    state = _state(request)
+    job = _job(state, job_id)
+    if job.status == "queued" and state.store.cancel_queued_job(job_id):
+        return _view(state, _job(state, job_id))
+    live = state.live.get(job_id)
+    if live is not None and not live.finished.is_set():
+        live.cancel.interrupt()
+        return _view(state, _job(state, job_id))
+    job = _job(state, job_id)
+    if job.finished:
+        raise HTTPException(409, f"job {job_id} has already finished ({job.status})")
+    raise HTTPException(409, f"job {job_id} is starting; try again")
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: str):
+    """Server-sent events: every progress event of the job so far, then each as it comes, until it ends."""
+    state = _state(request)
+    _job(state, job_id)
+
+    async def stream():
+        sent, idle = 0, 0
+        while True:
+            live = state.live.get(job_id)
+            if live is not None:
+                events = live.events[sent:]
+                for event in events:
+                    yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                sent += len(events)
+                if live.finished.is_set() and sent >= len(live.events):
+                    return
+            else:
+                idle += 1
+                if idle % 10 == 0:  # queued (or finished before this server started): look at the table
+                    job = state.store.job(job_id)
+                    if job is None or job.finished:
+                        status = job.status if job else "gone"
+                        yield f"event: status\ndata: {json.dumps({'type': 'status', 'status': status})}\n\n"
+                        return
+                    yield ": queued\n\n"  # a comment line keeps proxies from closing an idle stream
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.05)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/jobs/{job_id}/images/{index}")
+def job_image(request: Request, job_id: str, index: int):
+    job = _job(_state(request), job_id)
+    images = (job.result or {}).get("images", [])
+    if not 0 <= index < len(images) or not images[index].get("path"):
+        raise HTTPException(404, f"job {job_id} has no image {index}")
+    path = Path(images[index]["path"]).resolve()
+    if not path.is_relative_to(paths.outputs_dir().resolve()) or not path.is_file():
+        raise HTTPException(404, f"image {index} of job {job_id} is no longer in the output folder")
+    return FileResponse(path)
+
+
+@router.post("/plan")
+def plan(request: Request, body: HayaiRequest):
+    """The plan a request would run with: every strategy's predicted peak memory and time, the choice and why.
+    From the model's configs, without loading it."""
+    from hayai.generation.kinds import kind_of
+    from hayai.memory.facts import facts_for_source
+    from hayai.memory.planner import PlanRequest, plan_keeping_counts
+    from hayai.models.card import recommended_settings
+    from hayai.server.catalogs import check_model
+
+    state = _state(request)
+    fields, images = _fields(body)
+    if images:
+        raise HTTPException(400, "the plan needs no input image; send width and height instead")
+    queued = queued_request(fields)
+    if queued.model is not None:
+        check_model(state.catalog, queued.model)
+    source = state.catalog.resolve(queued.model)
+    facts, label = facts_for_source(source)
+    side = facts.native_size
+    resolved = queued.resolve(source.family, (side, side), recommended=recommended_settings(source))
+    kind = kind_of(resolved)
+    width, height = kind.plan_size(resolved)
+    shape = PlanRequest(width, height, resolved.batch_size, resolved.cfg_scale > 1, kind.steps_run(resolved))
+    result = plan_keeping_counts(state.store, facts, shape, state.engine.device_spec, allow_lossy=state.engine.allow_lossy)
+    return {"model": label, "device": state.engine.device_spec.describe(), "request": dataclasses.asdict(shape),
+            **result.to_dict()}
+
+
+@router.get("/history")
+def history(request: Request, search: Optional[str] = None, status: Optional[str] = None, model: Optional[str] = None,
+            kind: Optional[str] = None, limit: int = 50):
+    from hayai.store.history import RUN_KINDS, RUN_STATUSES
+
+    if status is not None and status not in RUN_STATUSES:
+        raise HTTPException(400, f"status={status!r} must be one of: {', '.join(RUN_STATUSES)}")
+    if kind is not None and kind not in RUN_KINDS:
+        raise HTTPException(400, f"kind={kind!r} must be one of: {', '.join(RUN_KINDS)}")
+    runs = _state(request).store.runs(limit=max(1, min(limit, 1000)), status=status, model=model, search=search, kind=kind)
+    return [dataclasses.asdict(run) for run in runs]
+
+
+def _job(state, job_id: str):
+    job = state.store.job(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+def _view(state, job) -> dict[str, Any]:
+    """A job as clients see it: its row, its place in the queue, and while it runs, its live progress."""
+    view = job.to_dict()
+    view["position"] = state.store.queue_position(job)
+    live = state.live.get(job.id)
+    if job.status == "running" and live is not None:
+        view["progress"] = {"phase": live.phase, "done": live.done, "total": live.total,
+                            "fraction": round(live.fraction, 4), "predicted_seconds": live.predicted_seconds}
+    result = job.result or {}
+    for index, image in enumerate(result.get("images", [])):
+        image["url"] = f"/hayai/v1/jobs/{job.id}/images/{index}"
+    return view
