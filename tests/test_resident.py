@@ -3,7 +3,9 @@ first), budget 0 keeps one, a cached model gives a fresh engine's pixels, and th
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -77,10 +79,13 @@ def test_least_recently_used_is_evicted_to_fit_the_budget(three_sd1, sd1_bytes):
     engine = Engine(device="cpu", resident_bytes=2 * sd1_bytes + sd1_bytes // 2)  # room for two
     first_a = engine.load(a)
     first_b = engine.load(b)
+    b_unet = weakref.ref(first_b.pipe.unet)
     engine.load(a)  # A is now more recently used than B
     engine.load(c)
     assert _names(engine) == [c, a]
-    assert first_b.pipe is None and first_b.loras is None  # the evicted model holds no weights
+    assert first_b.pipe is None and first_b.loras is None
+    gc.collect()
+    assert b_unet() is None  # nothing else holds the evicted weights
     assert engine.load(a) is first_a and first_a.pipe is not None
     assert engine._resident.used_bytes == 2 * sd1_bytes
 
@@ -94,6 +99,22 @@ def test_budget_zero_keeps_only_the_active_model(three_sd1, tmp_path):
     assert len(counter.loads) == 3  # each switch loads anew, as with one resident model
     assert _names(engine) == [a]
     assert engine.resident()[0]["active"]
+
+
+def test_budget_zero_frees_the_old_model_before_loading_the_next(three_sd1, monkeypatch):
+    a, b, _ = three_sd1
+    engine = Engine(device="cpu", resident_bytes=0)
+    a_unet = weakref.ref(engine.load(a).pipe.unet)
+    alive_when_loading, real_load = [], engine._load_pipe
+
+    def load_pipe(source, strategy=None):
+        gc.collect()
+        alive_when_loading.append(a_unet() is not None)
+        return real_load(source, strategy)
+
+    monkeypatch.setattr(engine, "_load_pipe", load_pipe)
+    engine.load(b)
+    assert alive_when_loading == [False]  # B is built in the room A left
 
 
 def test_a_cached_model_makes_a_fresh_engines_pixels(three_sd1, tmp_path, sd1_lora_for):
