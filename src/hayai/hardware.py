@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hayai.errors import RequestError
 
-__all__ = ["DeviceSpec", "MachineInfo", "probe", "free_cores", "cpu_threads", "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory",
+__all__ = ["DeviceSpec", "MachineInfo", "probe", "host_memory", "free_cores", "cpu_threads", "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory",
            "allocator_fraction", "GIB", "WINDOWS_VRAM_FRACTION"]
 
 GIB = 1024**3
@@ -126,7 +126,7 @@ def known_gpu(name: str) -> tuple[float | None, bool, bool]:
     return tflops, bf16, fp8
 
 
-def _host_memory() -> tuple[int, int]:
+def host_memory() -> tuple[int, int]:
     """(total, available) host RAM in bytes."""
     try:
         info = Path("/proc/meminfo").read_text()
@@ -230,7 +230,7 @@ def probe() -> MachineInfo:
 
     from hayai import paths
 
-    host_total, host_free = _host_memory()
+    host_total, host_free = host_memory()
     devices: list[DeviceSpec] = []
     if torch.cuda.is_available():
         devices += _cuda_devices(torch, host_total)

@@ -1,7 +1,7 @@
 """The engine: a request in, saved and logged images out, on the fastest plan that fits.
 
 `Engine.generate` reads like a diffusers pipeline call, in numbered steps:
-1. resolve the model the request names, 2. load it (kept resident for the next request),
+1. resolve the model the request names, 2. load it, or reuse it if resident (`resident.ResidentModels`),
 3. resolve the request against the model (defaults, sampler, random seed), 4. plan how to run it on
 this device and place the pipeline accordingly, 5. run the pipeline once per batch, timing each phase,
 stepping down to a leaner strategy and retrying with the same seeds if memory runs out, 6. save every
@@ -25,12 +25,13 @@ from hayai.generation.imagefile import next_index
 from hayai.generation.kinds import BatchRun, kind_of
 from hayai.generation.options import Cancelled, RunOptions
 from hayai.generation.request import GenerationRequest
+from hayai.generation.resident import DEFAULT_FRACTION, ResidentModels, expected_bytes, weights_bytes
 from hayai.generation.results import GeneratedImage, GenerationResult, ProgressCallback, ProgressEvent
 from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
-from hayai.hardware import DeviceSpec, cap_memory, probe
+from hayai.hardware import DeviceSpec, cap_memory, host_memory, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
-from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory
+from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory, return_to_host
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
@@ -80,17 +81,22 @@ class LoadedModel:
 
 
 class Engine:
-    """Generates images. Keeps the last model resident, so a series of requests loads it once.
+    """Generates images. Keeps the models it loaded resident, so a series of requests loads each once.
 
     `device`: a `DeviceSpec`, "cpu"/"cuda"/"mps", or None for the best device found. `vram` caps the
     device's memory (bytes; on CUDA the allocator itself is capped, so the cap is real). `strategy` and
     `allow_lossy` are the defaults of every call's `RunOptions` (a strategy forced by name instead of the
     planner's choice; fp8 storage allowed: None = only when nothing lossless is fast); a call's options
     override them without changing the engine, so one engine serves callers that want different ones.
+    `resident_bytes` is the host RAM the resident models' weights may take together (None: half the
+    memory available now; 0: only the model in use, each switch loads anew); only the model in use is
+    placed on the accelerator. Generation runs on one thread at a time; `resident()` and
+    `unload_all()` may be called from any thread.
     """
 
     def __init__(self, *, store=None, device: DeviceSpec | str | None = None, vram: int | None = None,
-                 strategy: str | None = None, allow_lossy: bool | None = None, allow_pickle: bool = False):
+                 strategy: str | None = None, allow_lossy: bool | None = None, allow_pickle: bool = False,
+                 resident_bytes: int | None = None):
         from hayai.store import Store
 
         self.store = store if store is not None else Store()
@@ -100,7 +106,10 @@ class Engine:
         self.forced_strategy = strategy
         self.allow_lossy = allow_lossy
         self.allow_pickle = allow_pickle
-        self._loaded: LoadedModel | None = None
+        if resident_bytes is None:
+            resident_bytes = int(DEFAULT_FRACTION * host_memory()[1])
+        self._resident = ResidentModels(resident_bytes, park=self._park, drop=self._drop_pipe,
+                                        measure=lambda loaded: weights_bytes(loaded.pipe) if loaded.pipe is not None else 0)
 
     @property
     def load_dtype(self) -> str:
@@ -109,23 +118,47 @@ class Engine:
     # -- 1 + 2: resolve and load -----------------------------------------------------------------
     def load(self, model: str | None = None, *, model_config: str | None = None,
              progress: ProgressCallback | None = None, source: ModelSource | None = None) -> LoadedModel:
-        """The model `model` names (or `source`, already resolved from the catalog), kept resident."""
+        """The model `model` names (or `source`, already resolved from the catalog): the resident one if
+        there is one, else loaded (evicting least recently used models to make room) and kept resident.
+        It becomes the active model: the one active before leaves the accelerator."""
         if source is None:
             source = self.catalog.resolve(model, allow_pickle=self.allow_pickle, config=model_config)
-        if self._loaded is not None and self._loaded.source == source:
-            return self._loaded
-        self._loaded = None  # drop the old pipeline before loading the next one
+        loaded = self._resident.get(source)
+        if loaded is None:
+            self._resident.make_room(lambda: expected_bytes(source, self.load_dtype))
+            emit = progress or (lambda event: None)
+            emit(ProgressEvent("load", 0, 1, source.name))
+            pipe = self._load_pipe(source)
+            loaded = LoadedModel(
+                source=source, pipe=pipe, sha256=source_hash(self.store, source), load_dtype=self.load_dtype,
+                base_scheduler_config=dict(pipe.scheduler.config), native_size=native_size(pipe),
+                facts=facts_from_pipeline(pipe, source.family), loras=LoraSet(pipe, source.family, resolver=self._find_lora),
+            )
+            self._resident.add(loaded)
+            emit(ProgressEvent("load", 1, 1, source.name))
+        self._resident.activate(loaded)
+        return loaded
+
+    def resident(self) -> list[dict]:
+        """The models kept in memory, most recently used first: name, path, bytes (their weights), last
+        used (Unix time), active (the one placed for running), in use (by a running request), strategy."""
+        return self._resident.listing()
+
+    def unload_all(self) -> list[str]:
+        """Let go of every resident model not in use by a running request; returns their names."""
+        return self._resident.unload_all()
+
+    def _park(self, loaded: LoadedModel) -> bool:
+        """Leave the accelerator to another model: its pipeline back to host RAM (True), or False when its
+        placement cannot be undone (the cache then drops it)."""
+        strategy = loaded.strategy
+        if loaded.pipe is None or strategy is None or strategy.device == "cpu":
+            return True  # already all in host RAM
+        if not return_to_host(loaded.pipe, strategy, loaded.load_dtype):
+            return False
+        loaded.strategy = None  # on the CPU, as loaded: the next run places it anew
         free_memory()
-        emit = progress or (lambda event: None)
-        emit(ProgressEvent("load", 0, 1, source.name))
-        pipe = self._load_pipe(source)
-        self._loaded = LoadedModel(
-            source=source, pipe=pipe, sha256=source_hash(self.store, source), load_dtype=self.load_dtype,
-            base_scheduler_config=dict(pipe.scheduler.config), native_size=native_size(pipe),
-            facts=facts_from_pipeline(pipe, source.family), loras=LoraSet(pipe, source.family, resolver=self._find_lora),
-        )
-        emit(ProgressEvent("load", 1, 1, source.name))
-        return self._loaded
+        return True
 
     def _load_pipe(self, source: ModelSource, strategy: Strategy | None = None):
         """Files load to the CPU in `load_dtype`. An architecture is built on the meta device until a
@@ -184,8 +217,8 @@ class Engine:
             return
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
-        # dropped after an out-of-memory error, or an architecture still on the meta device
-        if fresh or loaded.pipe is None or (loaded.random_architecture and loaded.strategy is None):
+        # dropped after an out-of-memory error or an eviction, or an architecture still on the meta device
+        if fresh or loaded.pipe is None or (loaded.random_architecture and _on_meta(loaded.pipe)):
             self._drop_pipe(loaded)
             loaded.pipe = self._load_pipe(loaded.source, strategy)
             loaded.loras = LoraSet(loaded.pipe, loaded.family, resolver=self._find_lora)
@@ -228,6 +261,13 @@ class Engine:
         kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)
         with timer.phase("load"):
             loaded = self.load(source=source, progress=emit)  # resolved once, above
+        with self._resident.in_use(loaded):  # not evicted by another thread while it runs
+            return self._generate(loaded, request, kind=kind, input_size=input_size, recommended=recommended,
+                                  options=options, emit=emit, timer=timer, memory=memory)
+
+    def _generate(self, loaded: LoadedModel, request: GenerationRequest, *, kind, input_size, recommended,
+                  options: RunOptions, emit, timer: PhaseTimer, memory: PeakMemory) -> GenerationResult:
+        """Steps 3 to 7 of `generate`, with the model loaded."""
         resolved = request.resolve(loaded.family, input_size or loaded.native_size, recommended=recommended)
         kind.check(resolved, loaded.family)
         requested_loras = [LoraSpec.parse(text) for text in resolved.loras]
@@ -358,6 +398,12 @@ class Engine:
             import torch
 
             torch.cuda.synchronize()
+
+
+def _on_meta(pipe) -> bool:
+    """Whether a pipeline's weights are still on the meta device (an architecture not yet placed)."""
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    return next(denoiser.parameters()).device.type == "meta"
 
 
 def _pick_device(device: DeviceSpec | str | None) -> DeviceSpec:

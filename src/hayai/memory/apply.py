@@ -15,8 +15,8 @@ from dataclasses import fields, is_dataclass
 
 from hayai.memory.strategies import VAE_TILE_PX, Strategy
 
-__all__ = ["apply_strategy", "is_out_of_memory", "free_memory", "split_denoiser_batch", "encode_device",
-           "without_text_encoders"]
+__all__ = ["apply_strategy", "return_to_host", "is_out_of_memory", "free_memory", "split_denoiser_batch",
+           "encode_device", "without_text_encoders"]
 
 
 def _denoiser(pipe):
@@ -76,6 +76,22 @@ def apply_strategy(pipe, strategy: Strategy):
     if strategy.attention_slicing and hasattr(pipe, "enable_attention_slicing") and getattr(pipe, "unet", None) is not None:
         pipe.enable_attention_slicing("auto")
     return pipe
+
+
+def return_to_host(pipe, strategy: Strategy, load_dtype: str) -> bool:
+    """Undo `strategy`'s placement: every component back on the CPU, so the accelerator is free for
+    another pipeline. Returns False, moving nothing, when the placement cannot be undone exactly.
+
+    Only a plain placement can: `resident` and `te_cpu` moved whole modules and cast them from the load
+    dtype to the strategy's, which leaves the values as loaded when that cast was exact (the same dtype,
+    or float32). Offload hooks, fp8 storage, the batch split's forward and the VAE and attention switches
+    stay on a pipeline; such a pipeline is dropped and loaded again when next wanted.
+    """
+    plain = Strategy(placement=strategy.placement, device=strategy.device, dtype=strategy.dtype)
+    if strategy != plain or strategy.placement not in ("resident", "te_cpu") or strategy.dtype not in (load_dtype, "float32"):
+        return False
+    pipe.to("cpu")  # (the dtypes stay: placing it again casts each module to the strategy's, exactly)
+    return True
 
 
 def _modules(pipe) -> list:
