@@ -306,11 +306,11 @@ def parse_device_spec(text: str, *, host_ram_bytes: int = 32 * GIB) -> DeviceSpe
     )
 
 
-def parse_size(text: str) -> int:
-    """'8GB', '7.5 GiB', '6144MB' -> bytes (GiB, as card makers mean GB)."""
+def parse_size(text: str, flag: str = "--vram") -> int:
+    """'8GB', '7.5 GiB', '6144MB' -> bytes (GiB, as card makers mean GB); `flag` names the option in errors."""
     match = _MEMORY.fullmatch(text.strip().lower()) or _MEMORY.fullmatch(text.strip().lower() + "gb")
     if not match:
-        raise RequestError(f"--vram={text!r} is not a size; write e.g. 8GB or 6144MB")
+        raise RequestError(f"{flag}={text!r} is not a size; write e.g. 8GB or 6144MB")
     scale = GIB if match.group(2).lower() in ("gib", "gb", "g") else 1024**2
     return int(float(match.group(1)) * scale)
 

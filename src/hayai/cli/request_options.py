@@ -102,9 +102,10 @@ class RunFlags:
     quiet: bool = False
     threads: int | None = None
 
-    def engine(self):
-        """The engine these flags ask for (the strategy is its default for every call); torch's CPU thread
-        count is set for the process here (--threads, else $OMP_NUM_THREADS, else the free cores)."""
+    def engine(self, **more):
+        """The engine these flags ask for (the strategy is its default for every call; `more` are further
+        Engine arguments); torch's CPU thread count is set for the process here (--threads, else
+        $OMP_NUM_THREADS, else the free cores)."""
         import torch
 
         from hayai.cli.output import silence_library_progress
@@ -114,7 +115,7 @@ class RunFlags:
         torch.set_num_threads(cpu_threads(self.threads)[0])
         silence_library_progress()
         return Engine(allow_pickle=self.allow_pickle, vram=parse_size(self.vram) if self.vram else None,
-                      strategy=self.strategy, device=self.device)
+                      strategy=self.strategy, device=self.device, **more)
 
     @property
     def show_progress(self) -> bool:

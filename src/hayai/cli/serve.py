@@ -19,6 +19,7 @@ def serve(
     cors_allow: list[str] = typer.Option([], "--cors-allow", help="A web page origin allowed to call the server, e.g. http://localhost:3000 (repeat for more)."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Another Host name to answer when bound to localhost (repeat for more)."),
     max_body_mb: int = typer.Option(64, "--max-body-mb", help="Largest request body in MB \\[64]."),
+    resident_memory: Optional[str] = typer.Option(None, "--resident-memory", help="Host RAM the models kept loaded may take together, e.g. 16GB; 0 keeps one \\[half the free RAM at start]."),
     *, flags: RunFlags,
 ) -> None:
     """Serve AUTOMATIC1111's API and hayai's job API on http://127.0.0.1:7860 (docs at /docs)."""
@@ -27,6 +28,7 @@ def serve(
     import uvicorn
 
     from hayai.errors import RequestError
+    from hayai.hardware import parse_size
     from hayai.server.app import create_app
     from hayai.server.security import parse_auth
     from hayai.server.state import ServerConfig, ServerState
@@ -40,7 +42,8 @@ def serve(
     bind = host or ("0.0.0.0" if listen else "127.0.0.1")
     config = ServerConfig(host=bind, port=port, auth=auth, cors_allow=tuple(cors_allow), allow_hosts=tuple(allow_host),
                           max_body_bytes=max_body_mb * 1024 * 1024)
-    state = ServerState(config, engine=flags.engine())
+    resident = parse_size(resident_memory, "--resident-memory") if resident_memory is not None else None
+    state = ServerState(config, engine=flags.engine(resident_bytes=resident))
     if not config.loopback and not auth:
         console.print("[yellow]warning:[/] listening beyond this machine without --api-auth: anyone who can reach "
                       f"port {port} can use it")

@@ -148,6 +148,11 @@ class Engine:
         """Let go of every resident model not in use by a running request; returns their names."""
         return self._resident.unload_all()
 
+    @property
+    def resident_budget_bytes(self) -> int:
+        """The host RAM the resident models' weights may take together."""
+        return self._resident.budget_bytes
+
     def _park(self, loaded: LoadedModel) -> bool:
         """Leave the accelerator to another model: its pipeline back to host RAM (True), or False when its
         placement cannot be undone (the cache then drops it)."""

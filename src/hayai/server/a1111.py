@@ -160,9 +160,7 @@ def refresh_loras():
 
 @router.post("/unload-checkpoint")
 def unload_checkpoint(request: Request):
-    state = _state(request)
-    with state.worker.busy:  # not under a running job's feet
-        state.engine.unload()
+    _state(request).engine.unload_all()  # every resident model but one a running job uses
     return None
 
 
@@ -172,11 +170,13 @@ def reload_checkpoint():
 
 
 @router.get("/memory")
-def memory():
+def memory(request: Request):
     import psutil
 
+    engine = _state(request).engine
     ram = psutil.virtual_memory()
-    result = {"ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total}}
+    result = {"ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total},
+              "hayai": {"resident_models": engine.resident(), "resident_budget_bytes": engine.resident_budget_bytes}}
     import torch
 
     if torch.cuda.is_available():

@@ -28,7 +28,6 @@ class Worker(threading.Thread):
         self.store, self.engine, self.live = store, engine, live
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self.busy = threading.Lock()  # held while a job runs (an unload waits for it)
 
     def wake(self) -> None:
         """A job was queued: look now rather than at the next poll."""
@@ -50,8 +49,7 @@ class Worker(threading.Thread):
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            with self.busy:
-                self._run(job)
+            self._run(job)
 
     def _run(self, job) -> None:
         request = GenerationRequest.from_dict(job.request)
