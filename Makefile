@@ -15,7 +15,7 @@ PROMPT ?= a small red circle at the top left on a white background
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hayai-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo serve test clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/hayai generate "$(PROMPT)" --steps 20 --seed 42
+
+serve: setup
+	$(BIN)/hayai serve
 
 test: setup
 	$(BIN)/python -m pytest -q

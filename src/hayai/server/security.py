@@ -50,6 +50,8 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            send = _websocket_refusal(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = headers.get("host", "")
         if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
@@ -138,6 +140,16 @@ async def _refuse(send, status: int, detail: str, extra: dict | None = None) -> 
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _websocket_refusal(send):
+    """A refused WebSocket handshake is closed (policy violation), not answered with an HTTP body."""
+    async def refuse(message):
+        if message["type"] == "http.response.start":
+            await send({"type": "websocket.close", "code": 1008})
+        elif message["type"] != "http.response.body":
+            await send(message)
+    return refuse
 
 
 async def _preflight(send, origin: str, headers: dict) -> None:

@@ -44,7 +44,7 @@ class ServerState:
         from hayai.store import Store
 
         self.config = config
-        self.store = Store()
+        self.store = engine.store if engine is not None else Store()
         self.engine = engine if engine is not None else Engine(store=self.store, **config.engine_args)
         self.catalog = self.engine.catalog
         self.live = Live()

@@ -74,8 +74,9 @@ class Worker(threading.Thread):
         if result.run_id is not None:
             self.store.job_run_id(job.id, result.run_id)
         status = "interrupted" if result.interrupted else "done"
+        waiting = job.api == "a1111"  # an A1111 client takes the pixels from memory; a hayai job's are files
         self._end(job.id, live, status, payload, "interrupted" if result.interrupted else None,
-                  [(image.image, image.infotext) for image in result.images])
+                  [(image.image, image.infotext) for image in result.images] if waiting else None)
 
     def _end(self, job_id: str, live: LiveJob, status: str, payload: dict | None, error: str | None,
              images: list | None = None) -> None:
