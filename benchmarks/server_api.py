@@ -12,7 +12,7 @@ has another. Three measurements:
   the result's timings; the rest of a server call is queue, HTTP and PNG), and whether the two images
   have the same RGB bytes.
 - `queue_throughput`: `jobs` requests (seeds differing) posted at once to `POST /hayai/v1/jobs`, timed
-  from the first post until `GET /hayai/v1/jobs` lists all of them done (polled every 50 ms), against the
+  from the first post until all have finished (`GET /hayai/v1/health` polled every 50 ms), against the
   same requests run one after another by `Engine.generate` here; both save their images (a job of the
   hayai API always does). `rounds` rounds, alternating which side goes first. Also checked: the jobs are
   distinct, all done, none lost or run twice (one image each, each with its own seed), and the first job's
@@ -121,10 +121,12 @@ def _queue_round(server: ServerProcess, seeds: list[int]) -> tuple[float, list[d
         response = server.post("/hayai/v1/jobs", json={"request": {**FIELDS, "seed": seed}})
         response.raise_for_status()
         ids.append(response.json()["id"])
-    while True:
-        listed = {job["id"]: job for job in server.get("/hayai/v1/jobs", params={"limit": 1000}).json()}
-        if all(listed.get(i, {}).get("status") not in (None, "queued", "running") for i in ids):
-            return time.perf_counter() - start, [listed[i] for i in ids]
+    while True:  # /health is a light poll; the jobs are read once it says the queue is idle
+        health = server.get("/hayai/v1/health").json()
+        if not health["queued"] and health["running"] is None:
+            finished = [server.get(f"/hayai/v1/jobs/{i}").json() for i in ids]
+            if all(job["status"] not in ("queued", "running") for job in finished):
+                return time.perf_counter() - start, finished
         time.sleep(0.05)
 
 
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--switches", type=int, default=50)
+    parser.add_argument("--note", default="", help="recorded with the machine, e.g. the commit of src measured")
     parser.add_argument("--write", action="store_true", help="store in results/server_api_<machine>.json")
     args = parser.parse_args(argv)
     import torch
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         switching = model_switching(scratch, args.switches)
     stem, description = describe_machine("cpu", 1)
     output = {"what": "hayai serve against the Python API: overhead, queue throughput, RSS over model switches (issue 17)",
-              "machine": description, "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": description + (f"; {args.note}" if args.note else ""), "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
               "model": "hayai-shapes (built-in demo)", "request": FIELDS, "threads": 1,
               "api_overhead": overhead, "queue_throughput": throughput, "model_switching": switching}
     print(json.dumps(output, indent=2))

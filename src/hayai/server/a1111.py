@@ -14,7 +14,8 @@ from hayai.generation.fields import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from hayai.server.a1111_payload import SCHEDULERS, Img2ImgRequest, Txt2ImgRequest, info_json, to_fields
 from hayai.server.app import submit, wait_for
 from hayai.server.images import encode_png
-from hayai.server.requests import queued_request
+from hayai.server.requests import check_request, queued_request
+from hayai.server.tasks import with_seed
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
 
@@ -30,8 +31,10 @@ async def _generate(request: Request, body, kind: str):
     fields.setdefault("prompt", "")
     labels = {"init_image": "init_images[0]", "mask": "mask"}
     queued = await asyncio.to_thread(queued_request, fields, images=images, labels=labels)  # off the event loop
+    check_request(state.catalog, queued)
     save = bool(payload.get("save_images", False))
-    job, _ = submit(state, queued, api="a1111", options={"save": save, "send_images": payload.get("send_images", True)},
+    job, _ = submit(state, "generate", with_seed(queued).to_dict(), api="a1111", submitted=payload,
+                    options={"save": save, "send_images": payload.get("send_images", True)},
                     idempotency_key=payload.get("force_task_id"))
     job, live = await wait_for(state, job.id)
     if job.status == "error":

@@ -77,15 +77,12 @@ def _errors(app: FastAPI) -> None:
         return shape(400, error)
 
 
-def submit(state: ServerState, request, *, api: str, options: dict, priority: int = 0,
+def submit(state: ServerState, kind: str, spec: dict, *, api: str, options: dict, submitted, priority: int = 0,
            idempotency_key: str | None = None):
-    """Queue a checked request; (job, created). The worker is woken at once."""
-    from hayai.server.catalogs import check_model
-
-    if request.model is not None:
-        check_model(state.catalog, request.model)
-    job, created = state.store.submit_job(api=api, request=request.to_dict(), options=options, priority=priority,
-                                          idempotency_key=idempotency_key)
+    """Queue a checked job spec (`tasks`); (job, created). `submitted` is what the client sent, which a retry
+    with the same idempotency key must repeat. The worker is woken at once."""
+    job, created = state.store.submit_job(kind=kind, api=api, request=spec, options=options, priority=priority,
+                                          idempotency_key=idempotency_key, submitted=submitted)
     if created and state.worker is not None:
         state.worker.wake()
     return job, created

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from hayai import __version__, paths
 from hayai.generation.fields import FIELDS
 from hayai.server.app import submit
-from hayai.server.requests import NOT_OVER_HTTP, queued_request
+from hayai.server.catalogs import check_model
+from hayai.server.requests import NOT_OVER_HTTP, check_request, queued_request
 
 router = APIRouter(prefix="/hayai/v1", tags=["hayai API"])
 
@@ -36,9 +37,24 @@ HayaiRequest = create_model(
 )
 
 
-class JobSubmission(BaseModel):
+class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request: HayaiRequest
+    x: Optional[str] = Field(None, description="An axis as `hayai sweep --x` takes it: NAME=VALUES, e.g. steps=4,8,16.")
+    y: Optional[str] = None
+    z: Optional[str] = None
+    strategy: Optional[str] = None
+
+
+class JobSubmission(BaseModel):
+    """Exactly one of `request` (make images), `sweep` (an X/Y/Z grid) or `train` (a LoRA training run)."""
+
+    model_config = ConfigDict(extra="forbid")
+    request: Optional[HayaiRequest] = None
+    sweep: Optional[SweepSpec] = None
+    train: Optional[dict[str, Any]] = Field(None, description="TrainConfig fields (`hayai train lora --help`); "
+                                            "dataset names a folder of $HAYAI_HOME/datasets; resume: true continues "
+                                            "the run's latest checkpoint.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; equal priorities run in order.")
     strategy: Optional[str] = Field(None, description="Force an execution strategy (see /hayai/v1/plan).")
 
@@ -65,13 +81,36 @@ async def create_job(request: Request, body: JobSubmission,
                      idempotency_key: Optional[str] = Header(None, max_length=200,
                                                              description="A retry with the same key returns the same job.")):
     state = _state(request)
-    fields, images = _fields(body.request)
-    queued = await asyncio.to_thread(queued_request, fields, images=images)
+    given = [name for name in ("request", "sweep", "train") if getattr(body, name) is not None]
+    if len(given) != 1:
+        raise HTTPException(422, "send exactly one of request (images), sweep or train")
+    kind, spec = await asyncio.to_thread(_spec, state, given[0], body)
     if body.strategy is not None:
         state.engine.strategy_named(body.strategy)  # refused now, not when the job runs
-    job, created = submit(state, queued, api="hayai", options={"save": True, "strategy": body.strategy},
-                          priority=body.priority, idempotency_key=idempotency_key)
+    job, created = submit(state, kind, spec, api="hayai", options={"save": True, "strategy": body.strategy},
+                          submitted=body.model_dump(mode="json", exclude_unset=True), priority=body.priority,
+                          idempotency_key=idempotency_key)
     return JSONResponse(_view(state, job), status_code=202 if created else 200)
+
+
+def _spec(state, given: str, body: JobSubmission) -> tuple[str, dict]:
+    """The checked spec of the job the body asks for (decoding and keeping input images, off the event loop)."""
+    from hayai.server.tasks import SweepTask, TrainTask, with_seed
+
+    if given == "train":
+        spec = TrainTask.spec(body.train)
+        if spec["config"].get("model"):
+            check_model(state.catalog, spec["config"]["model"])
+        return "train", spec
+    source = body.request if given == "request" else body.sweep.request
+    fields, images = _fields(source)
+    queued = queued_request(fields, images=images)
+    check_request(state.catalog, queued)
+    if given == "request":
+        return "generate", with_seed(queued).to_dict()
+    sweep = body.sweep.model_dump(exclude_unset=True)
+    spec = SweepTask.spec({**sweep, "request": queued.to_dict()}, check=lambda cell: check_request(state.catalog, cell))
+    return "sweep", spec
 
 
 @router.get("/jobs")
@@ -152,6 +191,46 @@ def job_image(request: Request, job_id: str, index: int):
     return FileResponse(path)
 
 
+@router.get("/jobs/{job_id}/files/{key}")
+def job_file(request: Request, job_id: str, key: str):
+    """A file a sweep or a training run made (grid, chart, CSV, samples, the LoRA): by index of the job's
+    `result.files` list, or by name where it is a mapping."""
+    job = _job(_state(request), job_id)
+    files = (job.result or {}).get("files") or []
+    path = files.get(key) if isinstance(files, dict) else (files[int(key)] if key.isdigit() and int(key) < len(files) else None)
+    if not path:
+        raise HTTPException(404, f"job {job_id} has no file {key!r}")
+    path = Path(path).resolve()
+    if not path.is_relative_to(paths.hayai_home().resolve()) or not path.is_file():
+        raise HTTPException(404, f"file {key!r} of job {job_id} is no longer there")
+    return FileResponse(path)
+
+
+@router.get("/datasets")
+def datasets():
+    """The training datasets a train job may name: the folders of $HAYAI_HOME/datasets."""
+    from hayai.server.tasks import datasets_dir
+
+    folder = datasets_dir()
+    if not folder.is_dir():
+        return []
+    return [{"name": entry.name, "path": str(entry)} for entry in sorted(folder.iterdir()) if entry.is_dir()]
+
+
+@router.get("/datasets/{name}/check")
+def check_dataset_route(name: str, resolution: Optional[int] = None, trigger_word: Optional[str] = None):
+    """The dataset doctor's findings (as `hayai dataset check`)."""
+    from hayai.dataset import check_dataset, scan_dataset
+    from hayai.server.tasks import datasets_dir
+
+    folder = datasets_dir() / name
+    if "/" in name or "\\" in name or name.startswith(".") or not folder.is_dir():
+        raise HTTPException(404, f"no dataset {name!r} in {datasets_dir()}")
+    if resolution is not None and not 64 <= resolution <= 4096:
+        raise HTTPException(400, f"resolution={resolution} must be between 64 and 4096")
+    return check_dataset(scan_dataset(folder), resolution=resolution, trigger_word=trigger_word).to_dict()
+
+
 @router.post("/plan")
 def plan(request: Request, body: HayaiRequest):
     """The plan a request would run with: every strategy's predicted peak memory and time, the choice and why.
@@ -160,15 +239,13 @@ def plan(request: Request, body: HayaiRequest):
     from hayai.memory.facts import facts_for_source
     from hayai.memory.planner import PlanRequest, plan_keeping_counts
     from hayai.models.card import recommended_settings
-    from hayai.server.catalogs import check_model
 
     state = _state(request)
     fields, images = _fields(body)
     if images:
         raise HTTPException(400, "the plan needs no input image; send width and height instead")
     queued = queued_request(fields)
-    if queued.model is not None:
-        check_model(state.catalog, queued.model)
+    check_request(state.catalog, queued)
     source = state.catalog.resolve(queued.model)
     facts, label = facts_for_source(source)
     side = facts.native_size
@@ -212,4 +289,8 @@ def _view(state, job) -> dict[str, Any]:
     result = job.result or {}
     for index, image in enumerate(result.get("images", [])):
         image["url"] = f"/hayai/v1/jobs/{job.id}/images/{index}"
+    files = result.get("files")
+    if files:
+        keys = files if isinstance(files, dict) else range(len(files))
+        view["file_urls"] = {str(key): f"/hayai/v1/jobs/{job.id}/files/{key}" for key in keys}
     return view

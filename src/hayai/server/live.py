@@ -84,6 +84,12 @@ class Live:
             payload["predicted_seconds"] = round(event.seconds, 3)
         self.add_event(live, payload)
 
+    def set_progress(self, live: LiveJob, done: int, total: int, phase: str) -> None:
+        """Progress of a job that is not a run of denoising steps (a sweep's cells, a training run's steps),
+        for /progress and the job's view; its own events tell the details."""
+        with self._lock:
+            live.done, live.total, live.phase = done, total, phase
+
     def finish(self, live: LiveJob, status: str, images: list | None = None) -> None:
         with self._lock:
             live.status = status

@@ -18,7 +18,7 @@ from hayai.errors import RequestError
 from hayai.generation.request import GenerationRequest
 from hayai.server.images import keep_b64_image
 
-__all__ = ["ImageInputError", "queued_request", "NOT_OVER_HTTP"]
+__all__ = ["ImageInputError", "queued_request", "check_request", "NOT_OVER_HTTP"]
 
 NOT_OVER_HTTP = ("output_dir", "model_config")  # request fields that name paths on the server
 
@@ -45,9 +45,16 @@ def queued_request(fields: dict[str, Any], *, images: dict[str, str | None] | No
                 kept[name] = keep_b64_image(data, (labels or {}).get(name, name))
             except RequestError as error:
                 raise ImageInputError(str(error)) from None
-    request = GenerationRequest.from_dict({**fields, **kept})
+    return GenerationRequest.from_dict({**fields, **kept})
+
+
+def check_request(catalog, request: GenerationRequest) -> None:
+    """Refuse a request that names a model or a LoRA by path, or a model the server's catalog lacks."""
+    from hayai.server.catalogs import check_model
+
     _check_names(request)
-    return request
+    if request.model is not None:
+        check_model(catalog, request.model)
 
 
 def _check_names(request: GenerationRequest) -> None:

@@ -1,4 +1,4 @@
-"""The worker: one thread that takes jobs from the persistent queue, in order, and runs them on the engine.
+"""The worker: one thread that takes jobs from the persistent queue, in order, and runs them (`tasks.TASKS`).
 
 One at a time, because one device runs one pipeline call at a time; the engine's resident models stay
 loaded between jobs. A job's outcome is written to the job table before the next job starts, so a
@@ -13,9 +13,8 @@ import threading
 import traceback
 
 from hayai.errors import HayaiError
-from hayai.generation.options import RunOptions
-from hayai.generation.request import GenerationRequest
-from hayai.server.live import Live, LiveJob
+from hayai.server.live import Live
+from hayai.server.tasks import TASKS, Context, Outcome
 
 __all__ = ["Worker"]
 
@@ -52,35 +51,22 @@ class Worker(threading.Thread):
             self._run(job)
 
     def _run(self, job) -> None:
-        request = GenerationRequest.from_dict(job.request)
-        live = self.live.start(job.id, job.api, request.batch_count)
-        options = RunOptions(strategy=job.options.get("strategy"), save=bool(job.options.get("save", True)),
-                             cancel=live.cancel, progress=lambda event: self.live.on_progress(live, event))
+        batches = job.request.get("batch_count", 1) if job.kind == "generate" else 1
+        live = self.live.start(job.id, job.api, batches)
+        context = Context(self.engine, self.store, self.live, live, self._stopping)
         try:
-            result = self.engine.generate(request, options)
+            outcome = TASKS[job.kind].run(job.request, job.attempts, job.id, job.api, job.options, context)
         except HayaiError as error:
-            self._end(job.id, live, "error", None, str(error))
-            return
+            outcome = Outcome("error", error=str(error))
         except Exception as error:  # a bug: the job fails, the server goes on
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self._end(job.id, live, "error", None, f"internal error: {type(error).__name__}: {error}")
-            return
-        if self._stopping.is_set() and result.interrupted:
+            outcome = Outcome("error", error=f"internal error: {type(error).__name__}: {error}")
+        if outcome.requeue:
             self.live.finish(live, "requeued")
             return  # left 'running': the next start runs it again
-        payload = result.to_dict()
-        for entry, image in zip(payload["images"], result.images):
-            entry["infotext"] = image.infotext
-        if result.run_id is not None:
-            self.store.job_run_id(job.id, result.run_id)
-        status = "interrupted" if result.interrupted else "done"
-        waiting = job.api == "a1111"  # an A1111 client takes the pixels from memory; a hayai job's are files
-        self._end(job.id, live, status, payload, "interrupted" if result.interrupted else None,
-                  [(image.image, image.infotext) for image in result.images] if waiting else None)
-
-    def _end(self, job_id: str, live: LiveJob, status: str, payload: dict | None, error: str | None,
-             images: list | None = None) -> None:
-        self.store.finish_job(job_id, status=status, result=payload, error=error)
-        if error and status == "error":
-            self.live.add_event(live, {"type": "error", "error": error})
-        self.live.finish(live, status, images)
+        if outcome.result is not None and outcome.result.get("run_id") is not None:
+            self.store.job_run_id(job.id, outcome.result["run_id"])
+        self.store.finish_job(job.id, status=outcome.status, result=outcome.result, error=outcome.error)
+        if outcome.status == "error":
+            self.live.add_event(live, {"type": "error", "error": outcome.error})
+        self.live.finish(live, outcome.status, outcome.images)

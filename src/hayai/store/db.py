@@ -225,12 +225,14 @@ class Store:
 
     # -- the server's job queue ----------------------------------------------------------------------
 
-    def submit_job(self, *, api: str, request: dict[str, Any], options: dict[str, Any], priority: int = 0,
-                   idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Queue a job: (the job, True), or (the job this idempotency key already made, False)."""
+    def submit_job(self, *, kind: str, api: str, request: dict[str, Any], options: dict[str, Any], priority: int = 0,
+                   idempotency_key: str | None = None, submitted: Any = None) -> tuple[Job, bool]:
+        """Queue a job: (the job, True), or (the job this idempotency key already made, False); `submitted` is
+        what the client sent (default: `request`), which a retry with the same key must repeat."""
         with self._lock:
-            return jobs.insert_job(self._conn, api=api, request=request, options=options, priority=priority,
-                                   idempotency_key=idempotency_key, now=_now())
+            return jobs.insert_job(self._conn, kind=kind, api=api, request=request, options=options, priority=priority,
+                                   idempotency_key=idempotency_key, now=_now(),
+                                   submitted=request if submitted is None else submitted)
 
     def claim_job(self) -> Job | None:
         """The next queued job, now marked running; None when the queue is empty."""

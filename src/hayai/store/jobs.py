@@ -1,33 +1,36 @@
 """The server's job queue: the `jobs` table and the `Job` record.
 
-A job is a generation request waiting for, or done by, the server's worker. It lives in SQLite, not in
-memory, so `kill -9` of the server loses nothing: on the next start every job that was running is queued
-again (`requeue_running`) and runs from the start with the same seeds (drawn when it was submitted).
+A job is work for the server's worker (a generation request, a sweep, a LoRA training run), waiting or
+done. It lives in SQLite, not in memory, so `kill -9` of the server loses nothing: on the next start every
+job that was running is queued again (`requeue_running`) and runs again (a generation from the start
+with the seeds drawn when it was submitted; a sweep or a training run resumes where it got to).
 Order: higher `priority` first, then submission order. An idempotency key makes a client's retry find
-the job it already made instead of making a second one.
+the job it already made instead of making a second one: the retry must send what the first call sent
+(`submitted_hash`, the hash of the client's own request, before the server drew seeds).
 
 Functions here take an open connection; `Store` (in `db.py`) owns the connection and its lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HayaiError
-from ..generation.request import MAX_SEED
 
-__all__ = ["Job", "JOB_STATUSES", "FINISHED_JOB_STATUSES", "IdempotencyConflict", "insert_job", "claim_next",
+__all__ = ["Job", "JOB_KINDS", "JOB_STATUSES", "FINISHED_JOB_STATUSES", "IdempotencyConflict", "insert_job", "claim_next",
            "finish_job", "get_job", "list_jobs", "queue_position", "cancel_queued", "requeue_running", "set_run_id"]
 
 FINISHED_JOB_STATUSES = ("done", "error", "interrupted", "cancelled")
 JOB_STATUSES = ("queued", "running", *FINISHED_JOB_STATUSES)
 
-_COLUMNS = ("id, api, status, priority, request, options, idempotency_key, created_at, started_at, finished_at, "
+JOB_KINDS = ("generate", "sweep", "train")
+
+_COLUMNS = ("id, kind, api, status, priority, request, options, idempotency_key, created_at, started_at, finished_at, "
             "attempts, run_id, result, error, seq")
 
 
@@ -38,6 +41,7 @@ class IdempotencyConflict(HayaiError):
 @dataclass(frozen=True)
 class Job:
     id: str
+    kind: str
     api: str
     status: str
     priority: int
@@ -59,45 +63,42 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "api": self.api, "status": self.status, "priority": self.priority, "request": self.request,
+            "id": self.id, "kind": self.kind, "api": self.api, "status": self.status, "priority": self.priority, "request": self.request,
             "options": self.options, "idempotency_key": self.idempotency_key, "created_at": self.created_at,
             "started_at": self.started_at, "finished_at": self.finished_at, "attempts": self.attempts,
             "run_id": self.run_id, "result": self.result, "error": self.error,
         }
 
 
-def insert_job(conn: sqlite3.Connection, *, api: str, request: dict, options: dict, priority: int,
-               idempotency_key: str | None, now: str) -> tuple[Job, bool]:
-    """Queue a job; (job, True). With a key already used for the same request: (that job, False).
-
-    A seed of -1 is drawn here, so a job run again after a restart makes the same images; a retry with the
-    same key and seed -1 matches the job whatever seed that job drew."""
+def insert_job(conn: sqlite3.Connection, *, kind: str, api: str, request: dict, options: dict, priority: int,
+               idempotency_key: str | None, submitted: Any, now: str) -> tuple[Job, bool]:
+    """Queue a job; (job, True). With a key a job was already made with: (that job, False) if `submitted`
+    (what the client sent) is the same, else IdempotencyConflict."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {JOB_KINDS}")
+    submitted_hash = hashlib.sha256(_dumps(submitted).encode()).hexdigest()
     if idempotency_key is not None:
         existing = _by_key(conn, idempotency_key)
         if existing is not None:
-            return _same_or_conflict(existing, api, request), False
+            return _same_or_conflict(conn, existing, submitted_hash), False
     job_id = uuid.uuid4().hex
-    if request.get("seed", -1) == -1:
-        request = {**request, "seed": random.SystemRandom().randint(0, MAX_SEED)}
     try:
         conn.execute(
-            "INSERT INTO jobs (id, api, status, priority, request, options, idempotency_key, created_at) "
-            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-            (job_id, api, priority, _dumps(request), _dumps(options), idempotency_key, now),
+            "INSERT INTO jobs (id, kind, api, status, priority, request, options, idempotency_key, submitted_hash, "
+            "created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            (job_id, kind, api, priority, _dumps(request), _dumps(options), idempotency_key, submitted_hash, now),
         )
     except sqlite3.IntegrityError:  # another connection inserted the same key between the check and here
         existing = _by_key(conn, idempotency_key) if idempotency_key is not None else None
         if existing is None:
             raise
-        return _same_or_conflict(existing, api, request), False
+        return _same_or_conflict(conn, existing, submitted_hash), False
     return get_job(conn, job_id), True
 
 
-def _same_or_conflict(job: Job, api: str, request: dict) -> Job:
-    asked = json.loads(_dumps(request))
-    if asked.get("seed", -1) == -1:
-        asked["seed"] = job.request.get("seed")
-    if job.api != api or job.request != asked:
+def _same_or_conflict(conn: sqlite3.Connection, job: Job, submitted_hash: str) -> Job:
+    stored = conn.execute("SELECT submitted_hash FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+    if stored != submitted_hash:
         raise IdempotencyConflict(f"idempotency key {job.idempotency_key!r} already names job {job.id} with another "
                                   "request; use a new key for a new request")
     return job
@@ -175,7 +176,7 @@ def _dumps(value: Any) -> str:
 
 
 def _job(row: tuple) -> Job:
-    (job_id, api, status, priority, request, options, key, created, started, finished, attempts, run_id, result,
+    (job_id, kind, api, status, priority, request, options, key, created, started, finished, attempts, run_id, result,
      error, seq) = row
-    return Job(job_id, api, status, priority, json.loads(request), json.loads(options), key, created, started,
+    return Job(job_id, kind, api, status, priority, json.loads(request), json.loads(options), key, created, started,
                finished, attempts, run_id, json.loads(result) if result else None, error, seq)

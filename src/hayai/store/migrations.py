@@ -103,12 +103,14 @@ MIGRATIONS: list[str] = [
     CREATE TABLE jobs (
         seq             INTEGER PRIMARY KEY,          -- submission order (FIFO within a priority)
         id              TEXT NOT NULL UNIQUE,         -- the job id clients see (32 hex digits)
+        kind            TEXT NOT NULL,                -- 'generate', 'sweep' or 'train'
         api             TEXT NOT NULL,                -- 'hayai' (asynchronous) or 'a1111' (a client waits)
         status          TEXT NOT NULL,                -- 'queued', 'running', 'done', 'error', 'interrupted', 'cancelled'
         priority        INTEGER NOT NULL DEFAULT 0,   -- higher runs first
-        request         TEXT NOT NULL,                -- JSON GenerationRequest, its seed drawn at submission
+        request         TEXT NOT NULL,                -- JSON: what to run (a GenerationRequest, a sweep, a TrainConfig)
         options         TEXT NOT NULL,                -- JSON: how to run it and what to send back
         idempotency_key TEXT UNIQUE,                  -- a client's retry with the same key finds this job
+        submitted_hash  TEXT NOT NULL,                -- sha256 of what the client sent (a retry must send the same)
         created_at      TEXT NOT NULL,
         started_at      TEXT,
         finished_at     TEXT,

@@ -46,6 +46,12 @@ def recorded_run(store, kind: str, *, request: dict, model: str, model_hash: str
     except KeyboardInterrupt:
         run.status, run.error = "interrupted", run.error or "interrupted by the user"
         raise
+    except Exception as exc:
+        if type(exc).__name__ != "Cancelled":  # hayai.generation.options.Cancelled (not imported: the store stays light)
+            run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
+            raise
+        run.status, run.error = "interrupted", run.error or "interrupted"
+        raise
     except BaseException as exc:
         run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
         raise

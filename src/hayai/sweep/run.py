@@ -23,7 +23,7 @@ from typing import Callable
 
 from hayai import paths
 from hayai.errors import RequestError
-from hayai.generation.options import RunOptions
+from hayai.generation.options import CancelToken, Cancelled, RunOptions
 from hayai.store.recording import recorded_run
 from hayai.sweep.axes import format_value
 from hayai.sweep.lock import sweep_lock
@@ -105,14 +105,17 @@ def _eta(started: float, work_done_here: float, work_left: float) -> float | Non
 
 
 def run_sweep(engine, plan: SweepPlan, folder: Path | None = None, *, restart: bool = False,
-              progress: Callable[[SweepProgress], None] | None = None) -> SweepResult:
-    """Run (or resume) the sweep `plan` in `folder` (default: `default_folder(plan)`); one sweep per folder at a time."""
+              progress: Callable[[SweepProgress], None] | None = None, cancel: CancelToken | None = None) -> SweepResult:
+    """Run (or resume) the sweep `plan` in `folder` (default: `default_folder(plan)`); one sweep per folder at a time.
+
+    `cancel.interrupt()` stops it at the next denoising step: the cell then running is not recorded (a resume
+    runs it again) and `Cancelled` is raised; `cancel.skip()` skips the cell's current batch."""
     folder = Path(folder).expanduser() if folder else default_folder(plan)
     with sweep_lock(folder):
-        return _run_sweep(engine, plan, folder, restart, progress)
+        return _run_sweep(engine, plan, folder, restart, progress, cancel)
 
 
-def _run_sweep(engine, plan: SweepPlan, folder: Path, restart: bool, progress) -> SweepResult:
+def _run_sweep(engine, plan: SweepPlan, folder: Path, restart: bool, progress, cancel=None) -> SweepResult:
     if restart:
         for name in (PLAN_FILE, STATE_FILE):
             (folder / name).unlink(missing_ok=True)
@@ -144,8 +147,10 @@ def _run_sweep(engine, plan: SweepPlan, folder: Path, restart: bool, progress) -
                 _remove_partial(folder / "images", cell.key)
                 strategy = cell.strategy if cell.strategy is not None else plan.strategy
                 options = RunOptions(strategy=strategy or engine.forced_strategy, allow_lossy=engine.allow_lossy,
-                                     progress=on_event)
+                                     progress=on_event, cancel=cancel)
                 result = engine.generate(cell.request, options)
+                if result.interrupted:
+                    raise Cancelled("interrupt")  # the cell is not whole: a resume runs it again
                 row = cell_row(cell, result, axis_names)
                 append_state(folder / STATE_FILE, row)
                 done[cell.key] = row
