@@ -96,11 +96,10 @@ class Live:
             live.images = images or []
             if self.current is live:
                 self.current = None
-            while len(self._jobs) > KEEP_FINISHED:
-                oldest = next(iter(self._jobs.values()))
-                if not oldest.finished.is_set():
-                    break
-                self._jobs.popitem(last=False)
+            spare = [key for key, job in self._jobs.items()  # oldest first; never one whose client has not taken its images
+                     if job.finished.is_set() and not job.images and job is not live]
+            for key in spare[:max(0, len(self._jobs) - KEEP_FINISHED)]:
+                del self._jobs[key]
         self.add_event(live, {"type": "status", "status": status})
         live.finished.set()
 
