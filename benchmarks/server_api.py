@@ -1,6 +1,6 @@
 """What going through `hayai serve` costs, against the Python API on the same machine (issue 17).
 
-    python benchmarks/server_api.py [--pairs 10] [--jobs 20] [--rounds 2] [--switches 50] [--write]
+    python benchmarks/server_api.py [--pairs 10] [--jobs 20] [--rounds 3] [--switches 50] [--write]
 
 The built-in demo model, 128x128, 8 steps, Euler, one torch thread in both processes; each server is a
 real `hayai serve` process (tests/server_process.py) with its own temporary HAYAI_HOME, and this process
@@ -14,15 +14,17 @@ has another. Three measurements:
 - `queue_throughput`: `jobs` requests (seeds differing) posted at once to `POST /hayai/v1/jobs`, timed
   from the first post until all have finished (`GET /hayai/v1/health` polled every 50 ms), against the
   same requests run one after another by `Engine.generate` here; both save their images (a job of the
-  hayai API always does). `rounds` rounds, alternating which side goes first. Also checked: the jobs are
-  distinct, all done, none lost or run twice (one image each, each with its own seed), and the first job's
-  image equals the in-process one.
+  hayai API always does). `rounds` rounds, alternating which side goes first; the ratio (server / python,
+  of images per second) is the median of the rounds' own. Also checked: the jobs are distinct, all done,
+  none lost or run twice (one image each, each with its own seed), and the first job's image equals the
+  in-process one.
 - `model_switching`: a copy of the demo model in the server's models folder, then `switches` txt2img
   requests alternating between the two with `override_settings.sd_model_checkpoint`, reading the server
-  process's RSS (psutil) after each: once on a default server (resident-model cache) and once on
-  `--resident-memory 0` (one model kept: every switch loads). RSS after switch 1, 10 and the last, growth
-  from 10 to the last, median request time, the requests that loaded a model (their `load` timing over
-  50 ms) and their median load, and the resident models `GET /sdapi/v1/memory` lists at the end.
+  process's RSS (psutil) after each, on two servers up side by side: a default one (resident-model cache)
+  and one with `--resident-memory 0` (one model kept: every switch loads); each request goes to both,
+  alternating which first, and the ratio is the median of those pairs (cached / reload). RSS after switch
+  1, 10 and the last, growth from 10 to the last, median request time, the requests that loaded a model
+  (their `load` timing over 50 ms) and their median load, and the resident models `GET /sdapi/v1/memory` lists at the end.
 
 Prints JSON; `--write` stores it in results/server_api_<machine>.json.
 """
@@ -153,7 +155,8 @@ def queue_throughput(engine, server: ServerProcess, jobs: int, rounds: int) -> d
     python_rate, server_rate = jobs / statistics.median(python_s), jobs / statistics.median(server_s)
     return {"jobs": jobs, "rounds": rounds, "python_s": [round(t, 3) for t in python_s],
             "server_s": [round(t, 3) for t in server_s], "python_images_per_s": round(python_rate, 4),
-            "server_images_per_s": round(server_rate, 4), "ratio_server_to_python": round(server_rate / python_rate, 4),
+            "server_images_per_s": round(server_rate, 4),
+            "ratio_server_to_python": _median([p / s for p, s in zip(python_s, server_s)]),  # of rates, per round
             "checks_per_round": checks,
             "all_jobs_done_once": all(c["distinct_jobs"] == c["done"] == c["run_once"] == c["images"] == c["distinct_seeds"] == jobs
                                       and c["seeds_as_submitted"] for c in checks),
@@ -168,47 +171,65 @@ def _job_image(server: ServerProcess, job_id: str):
     return Image.open(io.BytesIO(response.content))
 
 
+def _switch(server: ServerProcess, process, title: str, seed: int) -> tuple[float, float, int]:
+    """One txt2img on `title`: (request seconds, the engine's load seconds, the server's RSS after)."""
+    payload = _a1111(seed, override_settings={"sd_model_checkpoint": title})
+    seconds, response = _timed(lambda: server.post("/sdapi/v1/txt2img", json=payload))
+    response.raise_for_status()
+    load = json.loads(response.json()["info"])["hayai"]["timings"].get("load", 0.0)
+    return seconds, load, process.memory_info().rss
+
+
 def model_switching(scratch: Path, switches: int) -> dict:
+    """Both servers up at once, each request i sent to one and then the other (alternating which first)."""
     import psutil
 
     from hayai.models.catalog import builtin_source
 
-    modes = {}
-    for mode, args in (("cached", ()), ("reload", ("--resident-memory", "0"))):
-        home = scratch / f"switch-{mode}" / "home"
-        shutil.copytree(builtin_source().path, home / "models" / "hayai-shapes-copy")  # found by name in models_dir()
-        print(f"model switching, {mode} ...", file=sys.stderr)
-        with ServerProcess(home, *args) as server:
+    servers, runs = {}, {}
+    try:
+        for mode, args in (("cached", ()), ("reload", ("--resident-memory", "0"))):
+            home = scratch / f"switch-{mode}" / "home"
+            shutil.copytree(builtin_source().path, home / "models" / "hayai-shapes-copy")  # found by name in models_dir()
+            servers[mode] = server = ServerProcess(home, *args)
             titles = sorted(model["title"] for model in server.get("/sdapi/v1/sd-models").json())
-            process = psutil.Process(server.proc.pid)
-            rss_start, rss, request_s, load_s = process.memory_info().rss, [], [], []
-            for index in range(switches):
-                payload = _a1111(index, override_settings={"sd_model_checkpoint": titles[index % 2]})
-                seconds, response = _timed(lambda p=payload: server.post("/sdapi/v1/txt2img", json=p))
-                response.raise_for_status()
-                request_s.append(round(seconds, 4))
-                load_s.append(json.loads(response.json()["info"])["hayai"]["timings"].get("load", 0.0))
-                rss.append(process.memory_info().rss)
-            resident = server.get("/sdapi/v1/memory").json()["hayai"]["resident_models"]
-        last, loads = switches - 1, [t for t in load_s if t > 0.05]  # a resident model's "load" takes microseconds
+            runs[mode] = {"server_args": list(args), "models": titles, "process": psutil.Process(server.proc.pid),
+                          "rss": [], "request_s": [], "load_s": []}
+            runs[mode]["rss_at_start_bytes"] = runs[mode]["process"].memory_info().rss
+        for index in range(switches):
+            for mode in (("cached", "reload") if index % 2 == 0 else ("reload", "cached")):
+                run = runs[mode]
+                seconds, load, rss = _switch(servers[mode], run["process"], run["models"][index % 2], index)
+                run["request_s"].append(round(seconds, 4))
+                run["load_s"].append(round(load, 4))
+                run["rss"].append(rss)
+        resident = {mode: server.get("/sdapi/v1/memory").json()["hayai"]["resident_models"]
+                    for mode, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    modes = {}
+    for mode, run in runs.items():
+        rss, last = run["rss"], switches - 1
+        loads = [t for t in run["load_s"] if t > 0.05]  # a resident model's "load" takes milliseconds
         modes[mode] = {
-            "server_args": list(args), "models": titles, "rss_at_start_bytes": rss_start,
+            "server_args": run["server_args"], "models": run["models"], "rss_at_start_bytes": run["rss_at_start_bytes"],
             "rss_after_switch_1_bytes": rss[0], "rss_after_switch_10_bytes": rss[min(9, last)],
             "rss_after_last_switch_bytes": rss[last], "rss_growth_10_to_last_bytes": rss[last] - rss[min(9, last)],
-            "median_request_s": _median(request_s), "requests_that_loaded": len(loads),
+            "median_request_s": _median(run["request_s"]), "requests_that_loaded": len(loads),
             "median_load_s": _median(loads) if loads else None,
-            "resident_models_at_end": [model["name"] for model in resident],
-            "rss_after_each_switch_bytes": rss, "request_s": request_s, "load_s": [round(t, 4) for t in load_s],
+            "resident_models_at_end": [model["name"] for model in resident[mode]],
+            "rss_after_each_switch_bytes": rss, "request_s": run["request_s"], "load_s": run["load_s"],
         }
-    return {"switches": switches, **modes,
-            "ratio_request_cached_to_reload": round(modes["cached"]["median_request_s"] / modes["reload"]["median_request_s"], 4)}
+    ratios = [c / r for c, r in zip(runs["cached"]["request_s"], runs["reload"]["request_s"])]
+    return {"switches": switches, **modes, "ratio_request_cached_to_reload": _median(ratios)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--switches", type=int, default=50)
     parser.add_argument("--note", default="", help="recorded with the machine, e.g. the commit of src measured")
     parser.add_argument("--write", action="store_true", help="store in results/server_api_<machine>.json")
