@@ -72,7 +72,7 @@ def _fields(body: HayaiRequest) -> tuple[dict, dict]:
 @router.get("/health")
 def health(request: Request):
     state = _state(request)
-    return {"status": "ok", "version": __version__, "queued": len(state.store.jobs(statuses=("queued",), limit=10_000)),
+    return {"status": "ok", "version": __version__, "queued": state.store.count_jobs("queued"),
             "running": state.live.current.id if state.live.current else None}
 
 
@@ -120,7 +120,9 @@ def list_jobs(request: Request, status: Optional[str] = None, limit: int = 100):
     if status is not None and status not in JOB_STATUSES:
         raise HTTPException(400, f"status={status!r} must be one of: {', '.join(JOB_STATUSES)}")
     state = _state(request)
-    return [_view(state, job) for job in state.store.jobs(statuses=(status,) if status else (), limit=max(1, min(limit, 1000)))]
+    jobs = state.store.jobs(statuses=(status,) if status else (), limit=max(1, min(limit, 1000)))
+    # the queued jobs come first, in the order they will run: a job's position is its place among them
+    return [_view(state, job, position) for position, job in enumerate(jobs)]
 
 
 @router.get("/jobs/{job_id}")
@@ -278,10 +280,13 @@ def _job(state, job_id: str):
     return job
 
 
-def _view(state, job) -> dict[str, Any]:
+def _view(state, job, position: int | None = None) -> dict[str, Any]:
     """A job as clients see it: its row, its place in the queue, and while it runs, its live progress."""
     view = job.to_dict()
-    view["position"] = state.store.queue_position(job)
+    if job.status != "queued":
+        view["position"] = None
+    else:
+        view["position"] = position if position is not None else state.store.queue_position(job)
     live = state.live.get(job.id)
     if job.status == "running" and live is not None:
         view["progress"] = {"phase": live.phase, "done": live.done, "total": live.total,

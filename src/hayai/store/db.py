@@ -265,6 +265,10 @@ class Store:
         with self._lock:
             return jobs.list_jobs(self._conn, statuses=statuses, limit=limit)
 
+    def count_jobs(self, status: str) -> int:
+        with self._lock:
+            return jobs.count_jobs(self._conn, status)
+
     def queue_position(self, job: Job) -> int | None:
         with self._lock:
             return jobs.queue_position(self._conn, job)

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import HayaiError
 
 __all__ = ["Job", "JOB_KINDS", "JOB_STATUSES", "FINISHED_JOB_STATUSES", "IdempotencyConflict", "insert_job", "claim_next",
-           "finish_job", "get_job", "list_jobs", "queue_position", "cancel_queued", "requeue_running", "set_run_id"]
+           "finish_job", "get_job", "list_jobs", "count_jobs", "queue_position", "cancel_queued", "requeue_running", "set_run_id"]
 
 FINISHED_JOB_STATUSES = ("done", "error", "interrupted", "cancelled")
 JOB_STATUSES = ("queued", "running", *FINISHED_JOB_STATUSES)
@@ -169,6 +169,10 @@ def queue_position(conn: sqlite3.Connection, job: Job) -> int | None:
         return None
     return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND (priority > ? OR (priority = ? AND seq < ?))",
                         (job.priority, job.priority, job.seq)).fetchone()[0]
+
+
+def count_jobs(conn: sqlite3.Connection, status: str) -> int:
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
 
 
 def _dumps(value: Any) -> str:
