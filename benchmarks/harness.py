@@ -310,6 +310,16 @@ def describe_machine(device: str, threads: int) -> tuple[str, str]:
     return stem, f"{cores}-core {_cpu_model()}, torch {torch.__version__}, {threads} torch thread(s)"
 
 
+def publish(output: dict, name: str, write: bool) -> dict:
+    """Print a benchmark's result as JSON; with `write`, also keep it as results/NAME.json."""
+    print(json.dumps(output, indent=2))
+    if write:
+        path = RESULTS / f"{name}.json"
+        path.write_text(json.dumps(output, indent=2) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+    return output
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cold", choices=sorted(SIDES), help=argparse.SUPPRESS)  # internal: one side's cold run

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, describe_machine  # noqa: E402
+from harness import describe_machine, publish  # noqa: E402
 
 MODES = {"cached": None, "reload": 0}  # mode -> Engine(resident_bytes=...)
 
@@ -123,12 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_request_cached_to_reload": round(cached["median_request_s"] / results["reload"]["median_request_s"], 4),
         "modes": results,
     }
-    print(json.dumps(output, indent=2))
-    if args.write:
-        path = RESULTS / f"model_switching_{stem}.json"
-        path.write_text(json.dumps(output, indent=2) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
-    return output
+    return publish(output, f"model_switching_{stem}", args.write)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from harness import RESULTS, describe_machine
+from harness import describe_machine, publish
 from server_process import ServerProcess, b64_image
 
 FIELDS = {"prompt": "a red circle on a blue background", "negative_prompt": "", "steps": 8, "cfg_scale": 7.0,
@@ -256,12 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": description + (f"; {args.note}" if args.note else ""), "torch": torch.__version__, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
               "model": "hayai-shapes (built-in demo)", "request": FIELDS, "threads": 1,
               "api_overhead": overhead, "queue_throughput": throughput, "model_switching": switching}
-    print(json.dumps(output, indent=2))
-    if args.write:
-        path = RESULTS / f"server_api_{stem}.json"
-        path.write_text(json.dumps(output, indent=2) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
-    return output
+    return publish(output, f"server_api_{stem}", args.write)
 
 
 if __name__ == "__main__":
