@@ -206,39 +206,15 @@ def scripts():
     return {"txt2img": [], "img2img": []}  # hayai has no A1111 scripts (ControlNet, ADetailer, ...)
 
 
-@router.get("/script-info")
-def script_info():
+def _nothing() -> list:
     return []
 
 
-@router.get("/extensions")
-def extensions():
-    return []
-
-
-@router.get("/sd-vae")
-def sd_vae():
-    return []
-
-
-@router.get("/hypernetworks")
-def hypernetworks():
-    return []
-
-
-@router.get("/face-restorers")
-def face_restorers():
-    return []
-
-
-@router.get("/realesrgan-models")
-def realesrgan_models():
-    return []
-
-
-@router.get("/prompt-styles")
-def prompt_styles():
-    return []
+# listings of what A1111 has and hayai does not (VAE overrides, hypernetworks, face restorers, styles, ...):
+# clients read them, so they answer, empty
+for _path in ("script-info", "extensions", "sd-vae", "hypernetworks", "face-restorers", "realesrgan-models",
+              "prompt-styles"):
+    router.add_api_route(f"/{_path}", _nothing, methods=["GET"], name=_path.replace("-", "_"))
 
 
 @router.get("/embeddings")

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from hayai import __version__
-from hayai.errors import HayaiError, ModelError, RequestError
+from hayai.errors import HayaiError
 from hayai.server.requests import ImageInputError
 from hayai.store.jobs import IdempotencyConflict
 from hayai.server.security import LOOPBACK_NAMES, Guard
@@ -50,31 +50,19 @@ def create_app(config: ServerConfig, state: ServerState | None = None):
                  max_body_bytes=config.max_body_bytes)
 
 
+# what each refusal answers, most specific first: an image that is not an image, a reused idempotency key -> 422;
+# anything else hayai refuses (unknown sampler, a model not in the catalog, a path) -> 400
+_STATUS = ((ImageInputError, 422), (IdempotencyConflict, 422), (HayaiError, 400))
+
+
 def _errors(app: FastAPI) -> None:
-    def shape(status: int, error: Exception) -> JSONResponse:
+    async def refused(request: Request, error: HayaiError) -> JSONResponse:
+        status = next(code for kind, code in _STATUS if isinstance(error, kind))
         detail = str(error)
         return JSONResponse({"error": type(error).__name__, "detail": detail, "body": None, "errors": detail},
                             status_code=status)
 
-    @app.exception_handler(ImageInputError)
-    async def bad_image(request: Request, error: ImageInputError):
-        return shape(422, error)
-
-    @app.exception_handler(IdempotencyConflict)
-    async def key_reused(request: Request, error: IdempotencyConflict):
-        return shape(422, error)
-
-    @app.exception_handler(RequestError)
-    async def bad_request(request: Request, error: RequestError):
-        return shape(400, error)
-
-    @app.exception_handler(ModelError)
-    async def bad_model(request: Request, error: ModelError):
-        return shape(400, error)
-
-    @app.exception_handler(HayaiError)
-    async def refused(request: Request, error: HayaiError):
-        return shape(400, error)
+    app.add_exception_handler(HayaiError, refused)
 
 
 def submit(state: ServerState, kind: str, spec: dict, *, api: str, options: dict, submitted, priority: int = 0,
