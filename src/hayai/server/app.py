@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hayai import __version__
 from hayai.errors import HayaiError
@@ -56,13 +57,18 @@ _STATUS = ((ImageInputError, 422), (IdempotencyConflict, 422), (HayaiError, 400)
 
 
 def _errors(app: FastAPI) -> None:
-    async def refused(request: Request, error: HayaiError) -> JSONResponse:
-        status = next(code for kind, code in _STATUS if isinstance(error, kind))
-        detail = str(error)
+    def shape(error: Exception, detail: str, status: int, headers=None) -> JSONResponse:
         return JSONResponse({"error": type(error).__name__, "detail": detail, "body": None, "errors": detail},
-                            status_code=status)
+                            status_code=status, headers=headers)
+
+    async def refused(request: Request, error: HayaiError) -> JSONResponse:
+        return shape(error, str(error), next(code for kind, code in _STATUS if isinstance(error, kind)))
+
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:  # 404s, 409s: A1111's shape too
+        return shape(error, str(error.detail), error.status_code, getattr(error, "headers", None))
 
     app.add_exception_handler(HayaiError, refused)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 def submit(state: ServerState, kind: str, spec: dict, *, api: str, options: dict, submitted, priority: int = 0,
