@@ -44,7 +44,8 @@ def build_blocks(state):
                 QueuePage(state)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 history = HistoryPage(state)
-        generate.to_inpaint.click(lambda path: (path, gr.Tabs(selected="images")) if path else (gr.update(), gr.update()),
+        generate.to_inpaint.click(lambda path: ({"background": path, "layers": [], "composite": path},
+                                                gr.Tabs(selected="images")) if path else (gr.update(), gr.update()),
                                   inputs=generate.selected, outputs=[images.editor, tabs])
         history_tab.select(history.load, inputs=history.search, outputs=[history.gallery, history.runs])
     return blocks

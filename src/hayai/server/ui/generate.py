@@ -31,7 +31,7 @@ def result_details(result: dict) -> str:
 def run_generation(state, body: dict, outputs):
     """Queue `body` and yield {component: value} as it runs; `outputs` names the page's progress, gallery,
     infotext, details, job id and last-seed components."""
-    progress, gallery, infotext, details, job_state, last_seed, last_request = outputs
+    progress, gallery, infotext, details, job_state, last_seed, last_request, selected = outputs
     try:
         job = common.submit_body(state, body)
     except Exception as error:
@@ -45,7 +45,8 @@ def run_generation(state, body: dict, outputs):
     texts = [entry.get("infotext", "") for entry in result.get("images", [])]
     yield {progress: common.progress_html(state, job, None), gallery: images or None,
            infotext: texts[0] if texts else (job.error or ""), details: result_details(result) if result else "",
-           last_seed: job.request.get("seed"), last_request: job.request, job_state: None}
+           last_seed: job.request.get("seed"), last_request: job.request, job_state: None,
+           selected: images[0][0] if images else None}  # what "send to inpaint" sends until another is clicked
 
 
 def interrupt(state, job_id, skip: bool = False) -> None:
@@ -125,7 +126,8 @@ class GeneratePage:
         self.lora.change(lambda n: lora_info(state, n), inputs=self.lora, outputs=self.lora_about)
         self.lora_refresh.click(lambda: gr.Dropdown(choices=lora_choices(state)), outputs=self.lora)
         inputs = set(self.components.values())
-        outs = (self.progress, self.gallery, self.infotext, self.details, self.job, s.last_seed, self.last_request)
+        outs = (self.progress, self.gallery, self.infotext, self.details, self.job, s.last_seed, self.last_request,
+                self.selected)
         self.generate.click(lambda values: (yield from run_generation(state, {"request": self.fields(values)}, outs)),
                             inputs=inputs, outputs=list(outs), show_progress="hidden", concurrency_limit=None)
         self.stop.click(lambda job: interrupt(state, job), inputs=self.job, concurrency_limit=None)
@@ -153,5 +155,5 @@ def _selected_path(evt: gr.SelectData):
     value = evt.value
     if isinstance(value, dict):
         image = value.get("image") or value
-        return image.get("path")
-    return None
+        return image.get("path") or gr.update()
+    return gr.update()

@@ -66,8 +66,9 @@ class ImagesPage:
                            "resize_mode": self.resize_mode, "mask_blur": self.mask_blur,
                            "masked_content": self.masked_content, "inpaint_only_masked": self.only_masked,
                            "inpaint_padding": self.padding, "mask_invert": self.invert, **self.settings.components}
+        self.selected = gr.State(None)
         outs = (self.progress, self.gallery, self.infotext, self.details, self.job, self.settings.last_seed,
-                self.last_request)
+                self.last_request, self.selected)
         self.run.click(lambda values: (yield from run_generation(state, self._body(values), outs)),
                        inputs={self.editor, *self.components.values()}, outputs=list(outs), show_progress="hidden",
                        concurrency_limit=None)
