@@ -46,6 +46,10 @@ def create_app(config: ServerConfig, state: ServerState | None = None):
     app.include_router(a1111.router)
     app.include_router(hayai_api.router)
     _errors(app)
+    if config.ui:
+        from hayai.server.ui import mount_ui
+
+        mount_ui(app, app.state.hayai)  # at /, after the API routes; the Guard below covers it too
     hosts = None if not config.loopback else (*LOOPBACK_NAMES, config.host, *config.allow_hosts)
     return Guard(app, allowed_hosts=hosts, cors_allow=config.cors_allow, auth=list(config.auth),
                  max_body_bytes=config.max_body_bytes)

@@ -28,6 +28,7 @@ class ServerConfig:
     cors_allow: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()  # more Host names to answer when bound to loopback
     max_body_bytes: int = 64 * 1024 * 1024
+    ui: bool = False  # the web UI at / (hayai serve turns it on; --no-ui leaves the API alone)
     engine_args: dict = field(default_factory=dict)  # Engine(**engine_args): device, vram, strategy, resident memory
 
     @property

@@ -1,0 +1,89 @@
+"""The web UI's Train, History and Queue pages in a real headless Chromium: a tiny LoRA training run whose
+loss chart fills in as it runs and whose LoRA joins the Generate page's picker; then a restart of the
+server process, after which the queue (a job left running, one queued) and the history are intact."""
+
+from __future__ import annotations
+
+import pytest
+
+from hayai.demo.shapes import samples
+from server_process import ServerProcess, wait_job
+from ui_browser import Browser, open_tab, require_browser, shot
+
+RUN_S = 300_000
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    require_browser()
+    home = tmp_path_factory.mktemp("ui-train") / "home"
+    dataset = home / "datasets" / "shapes"
+    dataset.mkdir(parents=True)
+    for i, (_, caption, image) in enumerate(samples(5, 6)):
+        image.save(dataset / f"{i:02d}.png")
+        (dataset / f"{i:02d}.txt").write_text(caption)
+    return home
+
+
+@pytest.fixture(scope="module")
+def browser(home):
+    browser = Browser()
+    yield browser
+    browser.close()
+    assert browser.outside() == [], f"the UI fetched from beyond this machine: {browser.outside()[:5]}"
+
+
+def _fill(page, selector: str, value) -> None:
+    page.locator(f"{selector} input, {selector} textarea").first.fill(str(value))
+
+
+def test_train_a_tiny_lora_see_the_loss_chart_then_restart_and_find_queue_and_history(home, browser):
+    server = ServerProcess(home)
+    try:
+        page = browser.page(server.url)
+        open_tab(page, "Train")
+        page.locator("#train_dataset input").click()
+        page.get_by_role("option", name="shapes").click()
+        page.wait_for_function("document.querySelector('#train_report')?.innerText.includes('6 images')")
+        for name, value in (("output_name", "ui-lora"), ("steps", 4), ("resolution", 64), ("rank", 4),
+                            ("batch_size", 2), ("sample_every", 0), ("checkpoint_every", 2), ("validation_every", 2)):
+            _fill(page, f"#train_{name}", value)
+        page.locator("#train_start").click()
+        page.wait_for_function("document.querySelector('#train_summary')?.innerText.includes('LoRA')", timeout=RUN_S)
+        summary = page.locator("#train_summary").inner_text()
+        assert "ok at step 4/4" in summary and "ui-lora.safetensors" in summary
+        chart = page.locator("#train_chart")
+        assert chart.locator("canvas, svg").count() >= 1 and "loss" in chart.inner_text()
+        shot(page, "train-desktop")
+        open_tab(page, "Generate")
+        page.locator("#lora_refresh").click()
+        page.locator("#lora_pick input").click()
+        assert page.get_by_role("option", name="ui-lora").count() == 1
+
+        made = server.post("/hayai/v1/jobs", {"request": {"prompt": "a yellow star", "steps": 2, "seed": 3}}).json()
+        assert wait_job(server, made["id"])["status"] == "done"
+        running = server.post("/hayai/v1/jobs", {"request": {"prompt": "still running", "steps": 1000, "seed": 4}}).json()
+        queued = server.post("/hayai/v1/jobs", {"request": {"prompt": "still queued", "steps": 2, "seed": 5}}).json()
+        page.close()
+    finally:
+        server.stop()  # a shutdown leaves the running job 'running': the next start runs it again
+
+    server = ServerProcess(home)
+    try:
+        page = browser.page(server.url)
+        open_tab(page, "Queue")
+        page.wait_for_function(f"document.querySelector('#queue_table').innerText.includes('{queued['id']}')")
+        table = page.locator("#queue_table").inner_text()
+        assert running["id"] in table and made["id"] in table and "ui-lora" in table
+        shot(page, "queue-after-restart")
+        open_tab(page, "History")
+        page.wait_for_function("document.querySelectorAll('#history_gallery img').length >= 1")
+        _fill(page, "#history_search", "yellow star")
+        page.locator("#history_search input, #history_search textarea").first.press("Enter")
+        page.wait_for_function("document.querySelectorAll('#history_gallery img').length === 1")
+        shot(page, "history-desktop")
+        for job in (queued, running):
+            server.delete(f"/hayai/v1/jobs/{job['id']}")
+        page.close()
+    finally:
+        server.stop()
