@@ -47,6 +47,11 @@ class CancelToken:
     def interrupted(self) -> bool:
         return self._interrupted
 
+    @property
+    def skip_pending(self) -> bool:
+        """A skip asked for and not yet taken by the batch it stops (A1111's `state.skipped`)."""
+        return self._skip
+
     def check(self) -> None:
         """Raise `Cancelled` if the run should stop here (a skip is consumed by the batch it stops)."""
         with self._lock:

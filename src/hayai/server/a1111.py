@@ -81,7 +81,6 @@ def interrupt(request: Request):
 def skip(request: Request):
     current = _state(request).live.current
     if current is not None:
-        current.skipped = True
         current.cancel.skip()
     return {}
 

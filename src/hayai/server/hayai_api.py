@@ -84,7 +84,7 @@ async def create_job(request: Request, body: JobSubmission,
     given = [name for name in ("request", "sweep", "train") if getattr(body, name) is not None]
     if len(given) != 1:
         raise HTTPException(422, "send exactly one of request (images), sweep or train")
-    kind, spec = await asyncio.to_thread(_spec, state, given[0], body)
+    kind, spec = await asyncio.to_thread(job_spec, state, given[0], body)
     if body.strategy is not None:
         state.engine.strategy_named(body.strategy)  # refused now, not when the job runs
     job, created = submit(state, kind, spec, api="hayai", options={"save": True, "strategy": body.strategy},
@@ -93,7 +93,7 @@ async def create_job(request: Request, body: JobSubmission,
     return JSONResponse(_view(state, job), status_code=202 if created else 200)
 
 
-def _spec(state, given: str, body: JobSubmission) -> tuple[str, dict]:
+def job_spec(state, given: str, body: JobSubmission) -> tuple[str, dict]:
     """The checked spec of the job the body asks for (decoding and keeping input images, off the event loop)."""
     from hayai.server.tasks import SweepTask, TrainTask, with_seed
 

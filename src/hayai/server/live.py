@@ -38,7 +38,6 @@ class LiveJob:
     finished: threading.Event = field(default_factory=threading.Event)
     status: str = "running"
     images: list = field(default_factory=list)  # (PIL image, infotext), for a waiting A1111 client
-    skipped: bool = False
 
     @property
     def fraction(self) -> float:
@@ -132,7 +131,7 @@ def _state(live: LiveJob | None) -> dict:
     per_batch = max(1, live.total // max(1, live.batch_count)) if live.total else 0
     job_no = min(live.done // per_batch, live.batch_count - 1) if per_batch else 0
     return {
-        "skipped": live.skipped, "interrupted": live.cancel.interrupted, "stopping_generation": False,
+        "skipped": live.cancel.skip_pending, "interrupted": live.cancel.interrupted, "stopping_generation": False,
         "job": live.id, "job_count": live.batch_count,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(live.started_wall)),
         "job_no": job_no, "sampling_step": live.done - job_no * per_batch if per_batch else 0,

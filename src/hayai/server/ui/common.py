@@ -1,7 +1,7 @@
 """What every page shares: submitting a job exactly as `POST /hayai/v1/jobs` does, following it while it
 runs (progress with ETA from the live view), and calling a route's function in process.
 
-The UI has no logic of its own: a job is built by the API's `_spec` from the same `JobSubmission` body a
+The UI has no logic of its own: a job is built by the API's `job_spec` from the same `JobSubmission` body a
 client would post, and queued by `submit`; the other pages call the route functions of `hayai_api` with
 the server's state, so the UI and the API cannot disagree.
 """
@@ -33,11 +33,11 @@ def png_b64(image) -> str:
 def submit_body(state, body: dict):
     """Queue the job `body` asks for (a `POST /hayai/v1/jobs` body: one of request, sweep, train); the job."""
     from hayai.server.app import submit
-    from hayai.server.hayai_api import JobSubmission, _spec
+    from hayai.server.hayai_api import JobSubmission, job_spec
 
     submission = JobSubmission.model_validate(body)
     given = next(name for name in ("request", "sweep", "train") if getattr(submission, name) is not None)
-    kind, spec = _spec(state, given, submission)
+    kind, spec = job_spec(state, given, submission)
     job, _ = submit(state, kind, spec, api="ui", options={"save": True, "strategy": submission.strategy},
                     submitted=submission.model_dump(mode="json", exclude_unset=True), priority=submission.priority)
     return job

@@ -55,7 +55,6 @@ def interrupt(state, job_id, skip: bool = False) -> None:
     if live is None or live.finished.is_set():
         return
     if skip:
-        live.skipped = True
         live.cancel.skip()
     else:
         live.cancel.interrupt()

@@ -48,7 +48,8 @@ class SweepPage:
                     self.stop = gr.Button("Interrupt", variant="stop", elem_id="sweep_interrupt", scale=1)
                 self.progress = gr.HTML(common._bar(0, "idle"), elem_id="sweep_progress")
                 self.grids = gr.Gallery(label="Grid (each cell's time in its label) and chart", elem_id="sweep_grid",
-                                        columns=1, height=520, format="png", buttons=["download", "fullscreen"])
+                                        columns=1, height=520, format="png", object_fit="contain",
+                                        buttons=["download", "fullscreen"])
                 self.table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, elem_id="sweep_table", wrap=True)
                 self.folder = gr.Markdown(elem_id="sweep_folder")
         self.job = gr.State(None)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import html
 
 import gradio as gr
-import pandas as pd
 
 from hayai.server.ui import common
 from hayai.server.ui.fields import train_control
 
-__all__ = ["TrainPage", "loss_frame", "dataset_report"]
+__all__ = ["TrainPage", "loss_series", "loss_picture", "dataset_report"]
 
 FORM = ("output_name", "trigger_word", "resolution", "steps", "rank", "learning_rate", "batch_size", "seed",
         "checkpoint_every", "validation_every", "sample_every")
@@ -42,17 +41,30 @@ def dataset_report(name: str | None, resolution, trigger_word: str | None) -> st
     return "\n".join(lines)
 
 
-def loss_frame(events: list[dict]) -> pd.DataFrame:
-    """(step, loss, series) from a training job's events: the training loss and the validation loss."""
-    rows = []
+def loss_series(events: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(training losses, validation losses) as (step, value) from a training job's events so far."""
+    losses, validation = [], []
     for event in events:
-        if event.get("type") != "train":
-            continue
-        if event.get("loss") is not None:
-            rows.append({"step": event["step"], "loss": event["loss"], "series": "train"})
-        if event.get("val_loss") is not None:
-            rows.append({"step": event["step"], "loss": event["val_loss"], "series": "validation"})
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+        if event.get("type") == "train":
+            if event.get("loss") is not None:
+                losses.append((event["step"], event["loss"]))
+            if event.get("val_loss") is not None:
+                validation.append((event["step"], event["val_loss"]))
+    return losses, validation
+
+
+def loss_picture(events: list[dict]):
+    """The live loss chart: the same figure `hayai train lora` saves as loss.png, drawn from the events so far."""
+    from PIL import Image
+
+    from hayai.training.samples import loss_figure
+
+    losses, validation = loss_series(events)
+    if not losses:
+        return None
+    figure = loss_figure(losses, validation, title="loss")
+    figure.canvas.draw()
+    return Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
 
 
 class TrainPage:
@@ -75,10 +87,10 @@ class TrainPage:
                     self.start = gr.Button("Start training", variant="primary", elem_id="train_start", scale=2)
                     self.stop = gr.Button("Interrupt (saves a checkpoint)", variant="stop", elem_id="train_interrupt", scale=1)
                 self.progress = gr.HTML(common._bar(0, "idle"), elem_id="train_progress")
-                self.chart = gr.LinePlot(loss_frame([]), x="step", y="loss", color="series", title="loss",
-                                         elem_id="train_chart", height=300)
+                self.chart = gr.Image(None, label="loss", elem_id="train_chart", type="pil", interactive=False,
+                                      height=300, format="png")
                 self.samples = gr.Gallery(label="Sample grids and charts", elem_id="train_samples", columns=2,
-                                          height=320, format="png")
+                                          height=320, format="png", object_fit="contain")
                 self.summary = gr.Markdown(elem_id="train_summary")
         self.job = gr.State(None)
         refresh.click(lambda: gr.Dropdown(choices=dataset_names(state)), outputs=self.dataset)
@@ -114,9 +126,9 @@ class TrainPage:
         shown = 0
         for job, live in common.follow(state, job.id):
             update = {self.progress: common.progress_html(state, job, live)}
-            if live is not None and len(live.events) != shown:
-                shown = len(live.events)
-                update[self.chart] = loss_frame(list(live.events))
+            if live is not None and len(loss_series(live.events)[0]) != shown:  # a new loss: draw the chart again
+                shown = len(loss_series(live.events)[0])
+                update[self.chart] = loss_picture(list(live.events))
             yield update
         result = job.result or {}
         files = result.get("files") or {}
