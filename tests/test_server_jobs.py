@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -150,3 +151,15 @@ def test_requests_that_name_paths_or_unknown_fields_are_refused(server):
     assert _submit(server, {"prompt": "x", "model": "nope"}).status_code == 400
     assert _submit(server, {"prompt": "x", "steps": 0}).status_code == 400
     assert _submit(server, {"prompt": "x"}, strategy="warp-drive").status_code == 400
+
+
+def test_deleting_a_run_moves_its_images_to_the_trash_and_keeps_the_run(server):
+    job = _submit(server, {"prompt": "trash me", "seed": 2, **SMALL}).json()
+    done = wait_job(server, job["id"])
+    run_id, image = done["run_id"], Path(done["result"]["images"][0]["path"])
+    moved = server.delete(f"/hayai/v1/history/{run_id}").json()["moved"]
+    assert len(moved) == 1 and not image.exists() and Path(moved[0]).is_file() and "/trash/run-" in moved[0]
+    run = server.get("/hayai/v1/history", params={"search": "trash me"}).json()[0]
+    assert run["outputs"] == moved and run["events"][-1]["event"] == "trashed"
+    assert server.delete(f"/hayai/v1/history/{run_id}").json()["moved"] == []  # already there
+    assert server.delete("/hayai/v1/history/999999").status_code == 404

@@ -42,18 +42,19 @@ def test_type_a_prompt_generate_and_see_the_image_its_infotext_and_timings(serve
     page = browser.page(server.url)
     assert page.title() == "hayai"
     assert _value(page, "#model input") == "hayai-shapes"
-    page.locator("#prompt textarea").press_sequentially("a red circle")
+    prompt = "a small red circle at the top left on a white background"  # what the demo model draws well
+    page.locator("#prompt textarea").press_sequentially(prompt)
     page.wait_for_function("document.querySelector('#prompt_tokens').innerText.includes('tokens')")
     assert "CLIP" in page.locator("#prompt_tokens").inner_text()
     page.locator("#plan").click()
     page.wait_for_function("document.querySelector('#plan_table')?.innerText.includes('chosen')")
     assert "predicted time" in page.locator("#plan_table").inner_text()
-    page.locator("#steps input").fill("3")
+    page.locator("#steps input").fill("12")
     page.locator("#seed input").fill("7")
     page.locator("#generate").click()
     page.wait_for_function("document.querySelector('#infotext textarea').value.includes('Seed: 7')", timeout=RUN_S)
     infotext = _value(page, "#infotext textarea")
-    assert infotext.startswith("a red circle\n") and "Steps: 3" in infotext and "Model: hayai-shapes" in infotext
+    assert infotext.startswith(prompt + "\n") and "Steps: 12" in infotext and "Model: hayai-shapes" in infotext
     assert page.locator("#gallery img").count() >= 1
     assert page.locator("#gallery img").first.evaluate("img => img.complete && img.naturalWidth") == 64
     details = page.locator("#details").inner_text()
@@ -66,7 +67,8 @@ def test_type_a_prompt_generate_and_see_the_image_its_infotext_and_timings(serve
     page.wait_for_function("document.querySelector('#seed input').value === '7'")
 
     phone = browser.page(server.url, PHONE)
-    phone.locator("#prompt textarea").fill("a blue square")
+    phone.locator("#prompt textarea").press_sequentially("a blue square")
+    phone.wait_for_function("document.querySelector('#prompt_tokens').innerText.includes('tokens')")
     shot(phone, "generate-phone")
     phone.locator("#generate").scroll_into_view_if_needed()
     assert phone.locator("#generate").is_visible()

@@ -81,7 +81,15 @@ def test_train_a_tiny_lora_see_the_loss_chart_then_restart_and_find_queue_and_hi
         _fill(page, "#history_search", "yellow star")
         page.locator("#history_search input, #history_search textarea").first.press("Enter")
         page.wait_for_function("document.querySelectorAll('#history_gallery img').length === 1")
+        page.wait_for_function("[...document.querySelectorAll('#history_gallery img')].every(i => i.complete)")
+        page.locator("#history_gallery img").first.click()
+        page.wait_for_function("document.querySelector('#history_settings').innerText.includes('yellow star')")
+        assert '"seed": 3' in page.locator("#history_settings").inner_text()
         shot(page, "history-desktop")
+        page.locator("#history_trash").click()
+        page.wait_for_function("document.querySelector('#history_settings').innerText.includes('moved 1 image')")
+        assert page.locator("#history_gallery img").count() == 0
+        assert len(list((home / "trash").glob("run-*/*.png"))) == 1  # moved, not deleted
         for job in (queued, running):
             server.delete(f"/hayai/v1/jobs/{job['id']}")
         page.close()

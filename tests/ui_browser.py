@@ -43,6 +43,8 @@ class Browser:
         page.set_default_timeout(60_000)
         page.goto(url, wait_until="load")
         page.wait_for_selector("#tab_generate, #generate", state="attached")
+        # Gradio fills the pages with the model's defaults after load: wait for that before reading or clicking
+        page.wait_for_function("!document.body.innerText.includes('Loading...')")
         return page
 
     def outside(self) -> list[str]:

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from hayai import __version__, paths
+from hayai.errors import HayaiError
 from hayai.generation.fields import FIELDS
 from hayai.server.app import submit
 from hayai.server.catalogs import check_model
@@ -271,6 +272,19 @@ def history(request: Request, search: Optional[str] = None, status: Optional[str
         raise HTTPException(400, f"kind={kind!r} must be one of: {', '.join(RUN_KINDS)}")
     runs = _state(request).store.runs(limit=max(1, min(limit, 1000)), status=status, model=model, search=search, kind=kind)
     return [dataclasses.asdict(run) for run in runs]
+
+
+@router.delete("/history/{run_id}")
+def trash_run_route(request: Request, run_id: int):
+    """Move a run's images to $HAYAI_HOME/trash (the run stays in the history, pointing at them there)."""
+    from hayai.store.trash import trash_run
+
+    state = _state(request)
+    try:
+        state.store.run(run_id)
+    except HayaiError:
+        raise HTTPException(404, f"no run {run_id} in the history") from None
+    return {"run_id": run_id, "moved": [str(path) for path in trash_run(state.store, run_id)]}
 
 
 def _job(state, job_id: str):

@@ -120,6 +120,11 @@ class Store:
                 since=since, kind=kind,
             )
 
+    def set_outputs(self, run_id: int, outputs: list[str], event: dict[str, Any]) -> None:
+        """A run's files moved (to the trash): its new paths, and an event saying so."""
+        with self._lock:
+            history.set_outputs(self._conn, run_id, outputs, {**event, "at": _now()})
+
     def run(self, run_id: int) -> Run:
         """The run with this id; HayaiError if there is none."""
         with self._lock:

@@ -23,6 +23,7 @@ __all__ = [
     "insert_run",
     "finish_run",
     "add_output",
+    "set_outputs",
     "end_dead_runs",
     "get_run",
     "query_runs",
@@ -135,6 +136,12 @@ def add_output(conn: sqlite3.Connection, run_id: int, path: str, seed: int) -> N
         "WHERE id = ? AND status = 'running'",
         (path, seed, run_id),
     )
+
+
+def set_outputs(conn: sqlite3.Connection, run_id: int, outputs: list[str], event: dict) -> None:
+    """Replace a run's output paths (its files moved) and log why in its events."""
+    conn.execute("UPDATE runs SET outputs = ?, events = json_insert(events, '$[#]', json(?)) WHERE id = ?",
+                 (json.dumps(outputs), json.dumps(event), run_id))
 
 
 def end_dead_runs(conn: sqlite3.Connection, *, now: str) -> list[int]:

@@ -91,7 +91,7 @@ class GeneratePage:
                     self.skip = gr.Button("Skip", elem_id="skip", scale=1)
                     self.plan_button = gr.Button("Plan", elem_id="plan", scale=1)
                 self.progress = gr.HTML(common._bar(0, "idle"), elem_id="progress")
-                self.gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=420, format="png",
+                self.gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=420, format="png", object_fit="contain",
                                           buttons=["download", "fullscreen"])
                 with gr.Row():
                     self.to_inpaint = gr.Button("Send to img2img / inpaint", elem_id="send_to_inpaint")

@@ -57,7 +57,8 @@ class ImagesPage:
                     self.run = gr.Button("Generate", variant="primary", elem_id="i2i_generate", scale=2)
                     self.stop = gr.Button("Interrupt", variant="stop", elem_id="i2i_interrupt", scale=1)
                 self.progress = gr.HTML(common._bar(0, "idle"), elem_id="i2i_progress")
-                self.gallery = gr.Gallery(label="Images", elem_id="i2i_gallery", columns=2, height=420, format="png")
+                self.gallery = gr.Gallery(label="Images", elem_id="i2i_gallery", columns=2, height=420, format="png",
+                                          object_fit="contain")
                 self.infotext = gr.Textbox(label="Infotext", lines=4, elem_id="i2i_infotext")
                 self.details = gr.Markdown(elem_id="i2i_details")
         self.job = gr.State(None)
