@@ -17,6 +17,7 @@ from hayai.generation.request import GenerationRequest
 from hayai.generation.samplers import build_scheduler
 from hayai.models.assemble import assemble
 from hayai.models.families import FAMILY_INFO, Family
+from hayai.speed.levers import applied
 
 __all__ = ["PipelineKind", "BatchRun", "derived_pipeline", "img2img_schedule"]
 
@@ -81,10 +82,11 @@ class BatchRun:
                                          loaded.flow_matching)
         accepted = inspect.signature(pipe.__call__).parameters
         dropped = tuple(name for name in ("width", "height") if name not in accepted)  # img2img: the image's size
-        images = run_batch(pipe, loaded.family, request, seeds, timer=self.timer, emit=self.emit, batch=0,
-                           total_steps=self.total_steps, encode_on=self.encode_on, extra=extra,
-                           output_type=output_type, done_steps=self.done_steps, cancel=self.cancel,
-                           drop=dropped)
+        with applied(pipe, request):  # the request's speed levers, removed after the call (none: the plain call)
+            images = run_batch(pipe, loaded.family, request, seeds, timer=self.timer, emit=self.emit, batch=0,
+                               total_steps=self.total_steps, encode_on=self.encode_on, extra=extra,
+                               output_type=output_type, done_steps=self.done_steps, cancel=self.cancel,
+                               drop=dropped)
         self.done_steps += runs
         return images
 
