@@ -254,3 +254,45 @@ def test_knob_ranges_are_checked():
     with pytest.raises(RequestError, match="speed='turbo' must be one of: exact, balanced"):
         GenerationRequest(prompt="x", speed="turbo")
     assert dataclasses.replace(GenerationRequest(prompt="x"), step_cache=2).step_cache == 2
+
+
+# -- a tiny autoencoder ----------------------------------------------------------------------------------
+
+
+def _tiny_autoencoder(folder, latent_channels=4):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                          latent_channels=latent_channels)
+    vae.save_pretrained(folder)
+    return str(folder)
+
+
+def test_tiny_vae_decodes_instead_of_the_model_vae(tiny_folders, tmp_path):
+    folder = _tiny_autoencoder(tmp_path / "taesd")
+    engine = Engine()
+    base = dict(prompt="a small red circle", model=str(tiny_folders[Family.SD1]), steps=2, sampler="Euler", seed=3)
+    exact = engine.generate(GenerationRequest(**base), save=False)
+    model_vae = engine.load(str(tiny_folders[Family.SD1])).pipe.vae
+    calls = _Calls({"model_decoder": model_vae.decoder})
+    try:
+        tiny = engine.generate(GenerationRequest(**base, tiny_vae=folder), save=False)
+    finally:
+        calls.remove()
+    assert calls.counts["model_decoder"] == 0
+    assert tiny.images[0].image.size == exact.images[0].image.size
+    assert not np.array_equal(_pixels(tiny.images[0].image), _pixels(exact.images[0].image))
+    assert "vae_decode" in tiny.timings
+    request = tiny.request
+    back, _ = request_from_infotext(parse_infotext(_infotext(request)))
+    assert back.tiny_vae == folder and parse_infotext(_infotext(request)).params["Tiny VAE"] == folder
+
+
+def test_tiny_vae_must_match_the_latent_channels(tiny_folders, tmp_path):
+    folder = _tiny_autoencoder(tmp_path / "taesd3", latent_channels=16)
+    request = GenerationRequest(prompt="x", model=str(tiny_folders[Family.SD1]), steps=1, tiny_vae=folder)
+    with pytest.raises(RequestError, match="has 16 latent channels; this model's VAE has 4"):
+        Engine().generate(request, save=False)
+    with pytest.raises(RequestError, match="not a diffusers AutoencoderTiny folder"):
+        Engine().generate(dataclasses.replace(request, tiny_vae=str(tmp_path)), save=False)

@@ -155,6 +155,9 @@ FIELDS: tuple[RequestField, ...] = (
        "at the full latent resolution (0 = off) \\[the --speed preset's].", ("--token-merging", "--tome"),
        label="Token merging ratio", aliases=("tome", "token_merging_ratio"), infotext="Token merging ratio",
        minimum=0.0, maximum=0.9),
+    _F("tiny_vae", "str", None, "A tiny autoencoder to decode (and encode) with instead of the model's VAE: a "
+       "diffusers AutoencoderTiny folder you have, e.g. TAESD (faster, softer detail).", ("--tiny-vae",),
+       label="Tiny VAE", aliases=("taesd",), infotext="Tiny VAE"),
 )
 
 FIELD: dict[str, RequestField] = {f.name: f for f in FIELDS}
