@@ -4,14 +4,17 @@
     python benchmarks/speed_levers.py --part quality   # the demo model: adherence, PSNR/SSIM (~6 min)
 
 A lever is `exact` or request fields joined by '+': `step_cache=3`, `token_merging=0.5`, `speed=balanced`,
-`step_cache=3+token_merging=0.5`. Every lever runs the same prompts and seeds as the exact run.
+`step_cache=3+token_merging=0.5`, `tiny_vae=random` (TAESD's architecture with random weights: time only).
+Every lever runs the same prompts and seeds as the exact run.
 
 time:    `Engine.generate` on `--model` (random weights of the real architecture: its time is the real
          model's) at `--size`, `--steps` (the model's default sampler). After one untimed warm-up run,
          `--repeats` rounds run every lever once, in an order rotated each round, so drift on a shared
          machine hits all alike. Per lever: median denoising seconds (the engine's phase timer) and
          end-to-end seconds (the whole call: prompt encoding, denoising, decoding), and the medians of
-         their per-round ratios to the exact run of the same round (< 1: faster).
+         their per-round ratios to the exact run of the same round (< 1: faster); the same for this
+         process's CPU time (end to end, and per denoising step between the first and the last step's
+         end), which other work on a shared machine disturbs less than wall time.
 quality: `hayai.demo.adherence.evaluate` on the shipped demo model (its card's steps, CFG and sampler)
          for every lever: adherence per attribute and their mean in points (percent), and the distance of
          every image to the exact run's image of the same prompt and seed (mean PSNR in dB, mean SSIM).
@@ -39,7 +42,8 @@ PROMPT = "a photo of a red fox in a snowy forest, detailed, sharp focus"
 
 
 def parse_lever(text: str) -> dict:
-    """'exact' -> {}; 'step_cache=3+token_merging=0.5' -> the request fields, typed by the field table."""
+    """'exact' -> {}; 'step_cache=3+token_merging=0.5' -> the request fields, typed by the field table.
+    `tiny_vae=random` is an AutoencoderTiny of TAESD's architecture with random weights (for time only)."""
     from hayai.generation.fields import FIELD
 
     if text == "exact":
@@ -50,8 +54,23 @@ def parse_lever(text: str) -> dict:
         spec = FIELD.get(name)
         if spec is None or not value:
             raise SystemExit(f"lever {text!r}: {part!r} is not FIELD=VALUE of a request field")
-        fields[name] = {"int": int, "float": float}.get(spec.type, str)(value)
+        fields[name] = _random_taesd() if (name, value) == ("tiny_vae", "random") else (
+            {"int": int, "float": float}.get(spec.type, str)(value))
     return fields
+
+
+def _random_taesd() -> str:
+    """A folder with an AutoencoderTiny of TAESD's architecture (diffusers' defaults) and random weights."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderTiny
+
+    folder = Path(tempfile.gettempdir()) / "hayai-bench-random-taesd"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        AutoencoderTiny().save_pretrained(folder)
+    return str(folder)
 
 
 def _median(values: list[float]) -> float:
@@ -71,16 +90,26 @@ def measure_time(levers: list[str], *, model: str, size: int, steps: int, repeat
     for round_ in range(repeats):
         order = levers[round_ % len(levers):] + levers[: round_ % len(levers)]
         for name in order:
-            start = time.perf_counter()
-            result = engine.generate(requests[name], save=False)
+            stamps: list[float] = []  # process CPU seconds at the end of every denoising step
+
+            def on_event(event, stamps=stamps):
+                if event.phase == "denoise":
+                    stamps.append(time.process_time())
+
+            start, start_cpu = time.perf_counter(), time.process_time()
+            result = engine.generate(requests[name], save=False, progress=on_event)
             runs[name].append({"end_to_end": time.perf_counter() - start, "denoise": result.timings["denoise"],
-                               "decode": result.timings.get("vae_decode", 0.0)})
+                               "decode": result.timings.get("vae_decode", 0.0),
+                               "end_to_end_cpu": time.process_time() - start_cpu,
+                               "step_cpu": (stamps[-1] - stamps[0]) / (len(stamps) - 1)})
             resolved[name] = result.request
             print(f"round {round_ + 1}/{repeats} {name}: {runs[name][-1]['end_to_end']:.1f} s", file=sys.stderr)
     rows = {}
     for name in levers:
         denoise_ratios = [run["denoise"] / base["denoise"] for run, base in zip(runs[name], runs["exact"])]
         e2e_ratios = [run["end_to_end"] / base["end_to_end"] for run, base in zip(runs[name], runs["exact"])]
+        cpu_ratios = [run["end_to_end_cpu"] / base["end_to_end_cpu"] for run, base in zip(runs[name], runs["exact"])]
+        step_ratios = [run["step_cpu"] / base["step_cpu"] for run, base in zip(runs[name], runs["exact"])]
         rows[name] = {
             "request": {k: getattr(resolved[name], k) for k in ("speed", "step_cache", "token_merging", "sampler",
                                                                  "schedule_type", "steps", "cfg_scale")},
@@ -91,6 +120,12 @@ def measure_time(levers: list[str], *, model: str, size: int, steps: int, repeat
             "end_to_end_ratio": _median(e2e_ratios),
             "denoise_speedup": round(1 / statistics.median(denoise_ratios), 3),
             "end_to_end_speedup": round(1 / statistics.median(e2e_ratios), 3),
+            # CPU time of this process (one torch thread): less disturbed by other work on a shared machine
+            "end_to_end_cpu_seconds": _median([r["end_to_end_cpu"] for r in runs[name]]),
+            "step_cpu_seconds": _median([r["step_cpu"] for r in runs[name]]),
+            "end_to_end_cpu_ratio": _median(cpu_ratios),
+            "step_cpu_ratio": _median(step_ratios),
+            "rounds": [{k: round(v, 3) for k, v in r.items()} for r in runs[name]],
         }
     return {"model": model, "size": size, "steps": steps, "repeats": repeats, "prompt": PROMPT, "seed": seed,
             "levers": rows}
@@ -104,6 +139,11 @@ def measure_quality(levers: list[str], *, seeds: int) -> dict:
     images: dict[str, dict] = {}
     rows = {}
     for name in ["exact"] + [lever for lever in levers if lever != "exact"]:
+        if "tiny_vae" in name:  # no tiny autoencoder exists for the demo model's latent space
+            cpu_ratios = [run["end_to_end_cpu"] / base["end_to_end_cpu"] for run, base in zip(runs[name], runs["exact"])]
+        step_ratios = [run["step_cpu"] / base["step_cpu"] for run, base in zip(runs[name], runs["exact"])]
+        rows[name] = {"not_measured": "no AutoencoderTiny was trained for the demo model's VAE"}
+            continue
         kept = images.setdefault(name, {})
         report = evaluate(str(BUILTIN_MODEL), steps=None, cfg_scale=None, sampler=None, seeds=seeds,
                           request_fields=parse_lever(name),
