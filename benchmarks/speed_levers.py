@@ -140,9 +140,7 @@ def measure_quality(levers: list[str], *, seeds: int) -> dict:
     rows = {}
     for name in ["exact"] + [lever for lever in levers if lever != "exact"]:
         if "tiny_vae" in name:  # no tiny autoencoder exists for the demo model's latent space
-            cpu_ratios = [run["end_to_end_cpu"] / base["end_to_end_cpu"] for run, base in zip(runs[name], runs["exact"])]
-        step_ratios = [run["step_cpu"] / base["step_cpu"] for run, base in zip(runs[name], runs["exact"])]
-        rows[name] = {"not_measured": "no AutoencoderTiny was trained for the demo model's VAE"}
+            rows[name] = {"not_measured": "no AutoencoderTiny was trained for the demo model's VAE"}
             continue
         kept = images.setdefault(name, {})
         report = evaluate(str(BUILTIN_MODEL), steps=None, cfg_scale=None, sampler=None, seeds=seeds,
