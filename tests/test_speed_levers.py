@@ -296,3 +296,30 @@ def test_tiny_vae_must_match_the_latent_channels(tiny_folders, tmp_path):
         Engine().generate(request, save=False)
     with pytest.raises(RequestError, match="not a diffusers AutoencoderTiny folder"):
         Engine().generate(dataclasses.replace(request, tiny_vae=str(tmp_path)), save=False)
+
+
+@pytest.mark.parametrize("kind", ["img2img", "hires"])
+def test_every_kind_gets_the_levers(kind, tiny_folders, tmp_path):
+    """The levers sit in the one pipeline call every kind makes: img2img and both hires passes are cached too."""
+    from PIL import Image
+
+    changes = {"hr_scale": 1.5, "hr_upscaler": "Latent"} if kind == "hires" else {}
+    if kind == "img2img":
+        path = tmp_path / "input.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        changes = {"init_image": str(path), "denoising_strength": 1.0, "denoise_steps": "exact"}
+    base = GenerationRequest(prompt="a red circle", model=str(tiny_folders[Family.SD1]), steps=6, sampler="Euler",
+                             seed=4, **changes)
+    assert base.kind == kind
+    engine = Engine()
+    exact = engine.generate(base, save=False)
+    calls = {"cached": 0}
+    unet = engine.load(str(tiny_folders[Family.SD1])).pipe.unet
+    handle = unet.mid_block.resnets[0].register_forward_hook(lambda *_: calls.__setitem__("cached", calls["cached"] + 1))
+    try:
+        cached = engine.generate(dataclasses.replace(base, step_cache=3), save=False)
+    finally:
+        handle.remove()
+    passes = 2 if kind == "hires" else 1
+    assert calls["cached"] == 2 * passes  # the mid block ran on evaluations 0 and 3 of each 6-step pass only
+    assert not np.array_equal(_pixels(exact.images[0].image), _pixels(cached.images[0].image))
