@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=2, help="quality: seeds per prompt of the demo prompt set [2]")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    parser.add_argument("--label", default="", help="added to the result's key, so runs of other levers are kept")
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-write", action="store_true")
@@ -189,20 +190,26 @@ def main(argv: list[str] | None = None) -> dict:
     for lever in levers:
         parse_lever(lever)
     stem, machine = describe_machine("cpu", args.threads)
-    result: dict = {"machine": machine, "note": args.note}
+    result: dict = {}
     if "time" in args.part:
-        key = f"time:{args.model}@{args.size}x{args.steps}"
+        key = f"time:{args.model}@{args.size}x{args.steps}" + (f":{args.label}" if args.label else "")
         result[key] = measure_time(levers, model=args.model, size=args.size, steps=args.steps, repeats=args.repeats,
                                    seed=args.seed)
     if "quality" in args.part:
-        result["quality:demo"] = measure_quality(levers, seeds=args.seeds)
+        result["quality:demo" + (f":{args.label}" if args.label else "")] = measure_quality(levers, seeds=args.seeds)
+    for entry in result.values():  # each measurement names its machine and conditions (a file keeps several)
+        entry.update({"machine": machine, "note": args.note, "command": " ".join(sys.argv)})
     print(json.dumps(result, indent=2))
     if not args.no_write:
-        out = args.out or RESULTS / f"speed_levers_{stem}.json"
-        merged = json.loads(out.read_text()) if out.exists() else {}
-        merged.update(result)
-        out.write_text(json.dumps(merged, indent=2) + "\n")
+        merge_results(args.out or RESULTS / f"speed_levers_{stem}.json", result)
     return result
+
+
+def merge_results(out: Path, result: dict) -> None:
+    """Add `result`'s measurements to the file `out`, replacing those of the same key."""
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged.update(result)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 if __name__ == "__main__":
