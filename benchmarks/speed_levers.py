@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, describe_machine  # noqa: E402
+from harness import RESULTS, describe_machine
 
 DEFAULT_LEVERS = "exact,step_cache=2,step_cache=3,step_cache=4,token_merging=0.5,step_cache=3+token_merging=0.5"
 PROMPT = "a photo of a red fox in a snowy forest, detailed, sharp focus"

@@ -11,7 +11,12 @@ import torch
 
 from hayai.errors import RequestError
 from hayai.generation.engine import Engine
-from hayai.generation.infotext import format_infotext, parse_infotext, request_from_infotext, request_to_params
+from hayai.generation.infotext import (
+    format_infotext,
+    parse_infotext,
+    request_from_infotext,
+    request_to_params,
+)
 from hayai.generation.request import GenerationRequest
 from hayai.memory.apply import split_denoiser_batch
 from hayai.models.families import Family
@@ -20,7 +25,6 @@ from hayai.speed.levers import applied
 from hayai.speed.step_cache import StepCache, cached_blocks
 from hayai.speed.token_merging import TokenMerging, bipartite_merge
 from hayai.sweep.axes import parse_axis
-
 
 
 def _pixels(image) -> np.ndarray:
@@ -175,7 +179,7 @@ def test_exact_is_the_plain_diffusers_call(tiny_folders, tmp_path):
 def test_balanced_preset_is_resolved_into_the_request_and_changes_the_image(tiny_folders):
     folder = str(tiny_folders[Family.SD1])
     engine = Engine()
-    base = dict(prompt="a small red circle", model=folder, steps=6, sampler="Euler", seed=3)
+    base = {"prompt": "a small red circle", "model": folder, "steps": 6, "sampler": "Euler", "seed": 3}
     exact = engine.generate(GenerationRequest(**base), save=False)
     balanced = engine.generate(GenerationRequest(**base, speed="balanced"), save=False)
     assert (balanced.request.speed, balanced.request.step_cache, balanced.request.token_merging) == ("balanced", 3, 0.0)
@@ -225,7 +229,7 @@ def _infotext(request: GenerationRequest) -> str:
 def test_infotext_round_trips_each_lever(changes):
     request = GenerationRequest(prompt="a red circle", model="tiny", seed=5, **changes).resolve(Family.SD1, (512, 512))
     text = _infotext(request)
-    back, unused = request_from_infotext(parse_infotext(text))
+    back, _ = request_from_infotext(parse_infotext(text))
     assert back.resolve(Family.SD1, (512, 512)) == request
     params = parse_infotext(text).params
     assert params.get("Token merging ratio") == (None if request.token_merging is None else f"{request.token_merging:g}")
@@ -272,7 +276,8 @@ def _tiny_autoencoder(folder, latent_channels=4):
 def test_tiny_vae_decodes_instead_of_the_model_vae(tiny_folders, tmp_path):
     folder = _tiny_autoencoder(tmp_path / "taesd")
     engine = Engine()
-    base = dict(prompt="a small red circle", model=str(tiny_folders[Family.SD1]), steps=2, sampler="Euler", seed=3)
+    base = {"prompt": "a small red circle", "model": str(tiny_folders[Family.SD1]), "steps": 2, "sampler": "Euler",
+            "seed": 3}
     exact = engine.generate(GenerationRequest(**base), save=False)
     model_vae = engine.load(str(tiny_folders[Family.SD1])).pipe.vae
     calls = _Calls({"model_decoder": model_vae.decoder})

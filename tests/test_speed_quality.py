@@ -37,9 +37,9 @@ def test_ssim_matches_a_gaussian_filter_computation():
 
     a, b = _image(2).astype(float), _image(3).astype(float)
     b = (0.6 * a + 0.4 * b).astype(np.uint8).astype(float)  # related images: SSIM well above 0
-    luma = lambda x: x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114  # noqa: E731
+    luma = lambda x: x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
     x, y = luma(a), luma(b)
-    f = lambda z: gaussian_filter(z, 1.5, truncate=3.5)[5:-5, 5:-5]  # noqa: E731
+    f = lambda z: gaussian_filter(z, 1.5, truncate=3.5)[5:-5, 5:-5]
     mx, my = f(x), f(y)
     vx, vy, cov = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

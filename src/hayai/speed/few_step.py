@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["FewStep", "METADATA_KEY", "detect", "detect_file", "detect_text", "for_request"]
+__all__ = ["METADATA_KEY", "FewStep", "detect", "detect_file", "detect_text", "for_request"]
 
 METADATA_KEY = "hayai.few_step"  # a LoRA's metadata entry: {"method", "steps", "cfg_scale", "sampler", "schedule_type"}
 _TEXT_KEYS = ("ss_output_name", "modelspec.title", "modelspec.description", "ss_training_comment")

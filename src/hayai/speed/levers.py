@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 
-__all__ = ["applied", "active_levers"]
+__all__ = ["active_levers", "applied"]
 
 
 def active_levers(request) -> dict[str, float]:

@@ -8,7 +8,7 @@ values are chosen from measurements (benchmarks/speed_levers.py; the figures are
 
 from __future__ import annotations
 
-__all__ = ["PRESETS", "KNOBS", "UNET_LEVERS", "preset_knobs", "check_knobs"]
+__all__ = ["KNOBS", "PRESETS", "UNET_LEVERS", "check_knobs", "preset_knobs"]
 
 # knob -> its "off" value
 KNOBS = {"step_cache": 0, "token_merging": 0.0}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hayai.errors import RequestError
 
-__all__ = ["with_tiny_vae", "load_tiny_vae"]
+__all__ = ["load_tiny_vae", "with_tiny_vae"]
 
 
 def load_tiny_vae(path: str):
