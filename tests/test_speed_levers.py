@@ -328,3 +328,27 @@ def test_every_kind_gets_the_levers(kind, tiny_folders, tmp_path):
     passes = 2 if kind == "hires" else 1
     assert calls["cached"] == 2 * passes  # the mid block ran on evaluations 0 and 3 of each 6-step pass only
     assert not np.array_equal(_pixels(exact.images[0].image), _pixels(cached.images[0].image))
+
+
+def test_the_cli_runs_a_preset_and_from_reproduces_it(tmp_path):
+    """As a user runs it on the built-in model: `--speed balanced --tome 0.3`, then `--from` that image."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hayai.cli.main import app
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, (result.output, result.exception)
+        return json.loads(result.stdout)
+
+    made = invoke("generate", "a small red circle at the top left on a white background", "--speed", "balanced",
+                  "--tome", "0.3", "--steps", "6", "--seed", "5", "-o", tmp_path / "first", "--json")
+    assert (made["request"]["speed"], made["request"]["step_cache"], made["request"]["token_merging"]) == ("balanced", 3, 0.3)
+    path = made["images"][0]["path"]
+    info = CliRunner().invoke(app, ["info", path]).stdout
+    assert "Speed: balanced" in info and "Step cache: 3" in info and "Token merging ratio: 0.3" in info
+    again = invoke("generate", "--from", path, "-o", tmp_path / "again", "--json")
+    np.testing.assert_array_equal(np.asarray(Image.open(again["images"][0]["path"])), np.asarray(Image.open(path)))
