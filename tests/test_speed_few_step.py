@@ -85,3 +85,16 @@ def test_overriding_into_a_breaking_range_warns(lcm_lora, tiny_folders, tmp_path
 def test_tcd_is_a_sampler():
     resolved = GenerationRequest(prompt="x", sampler="TCD").resolve(Family.SD1, (64, 64))
     assert (resolved.sampler, resolved.schedule_type) == ("TCD", "Uniform")
+
+
+def test_a_turbo_flow_model_gets_the_flow_sampler(tmp_path):
+    from hayai.models.loading import ModelSource
+    from hayai.speed.few_step import for_request
+
+    source = ModelSource("folder", tmp_path / "stable-diffusion-3.5-large-turbo", Family.SD3,
+                         "stable-diffusion-3.5-large-turbo")
+    found = for_request(GenerationRequest(prompt="x"), source, find_lora=None)
+    assert (found.method, found.kind, found.sampler, found.schedule_type, found.steps) == ("Turbo", "model", "Euler",
+                                                                                           "Simple", 4)
+    resolved = GenerationRequest(prompt="x").resolve(Family.SD3, (64, 64), recommended=found.recommended)
+    assert (resolved.sampler, resolved.cfg_scale) == ("Euler", 1.0)

@@ -225,7 +225,7 @@ class Engine:
         source = self.catalog.resolve(request.model, allow_pickle=self.allow_pickle, config=request.model_config)
         request, input_size = kind.prepare(request, source.family)
         # everything the model's family decides is checked before a load (64 px stands in for a native size)
-        few_step = few_step_for(request, source.name, self._find_lora)  # distilled weights need their own settings
+        few_step = few_step_for(request, source, self._find_lora)  # distilled weights need their own settings
         recommended = {**recommended_settings(source), **(few_step.recommended if few_step else {})}
         kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)
         with timer.phase("load"):

@@ -140,15 +140,23 @@ def detect_file(path: Path) -> FewStep | None:
     return detect(str(path), metadata)
 
 
-def for_request(request, model_name: str, find_lora) -> FewStep | None:
+def for_flow_matching(found: FewStep) -> FewStep:
+    """The settings for a flow-matching family (SD3, Flux): the steps and guidance stay, the sampler is the
+    flow Euler (their distilled weights, e.g. SD3.5 Large Turbo or Hyper-SD3, sample with it)."""
+    return replace(found, sampler="Euler", schedule_type="Simple", samplers=("Euler",))
+
+
+def for_request(request, source, find_lora) -> FewStep | None:
     """The few-step method a request uses: its first few-step LoRA (the `loras` field, then the prompts'
-    <lora:...> tags; `find_lora(name) -> Path`), else its model (by name), else None."""
+    <lora:...> tags; `find_lora(name) -> Path`), else its model (`source`, a ModelSource: by name), else None."""
     from hayai.lora import LoraSpec, combine_specs
     from hayai.lora.formats import LoraError
+    from hayai.models.families import FAMILY_INFO
     from hayai.prompts.parser import parse_prompt
 
     specs = combine_specs([LoraSpec.parse(text) for text in request.loras],
                           parse_prompt(request.prompt).loras + parse_prompt(request.negative_prompt).loras)
+    found = None
     for spec in specs:
         try:
             path = Path(find_lora(spec.name))
@@ -156,6 +164,10 @@ def for_request(request, model_name: str, find_lora) -> FewStep | None:
             continue  # not found: loading it fails later with the same error, inside the recorded run
         found = detect_file(path)
         if found is not None:
-            return found
-    found = detect(model_name)
-    return replace(found, kind="model") if found is not None else None
+            break
+    if found is None:
+        found = detect(source.name)
+        found = replace(found, kind="model") if found is not None else None
+    if found is not None and FAMILY_INFO[source.family].flow_matching:
+        found = for_flow_matching(found)
+    return found
