@@ -352,3 +352,11 @@ def test_the_cli_runs_a_preset_and_from_reproduces_it(tmp_path):
     assert "Speed: balanced" in info and "Step cache: 3" in info and "Token merging ratio: 0.3" in info
     again = invoke("generate", "--from", path, "-o", tmp_path / "again", "--json")
     np.testing.assert_array_equal(np.asarray(Image.open(again["images"][0]["path"])), np.asarray(Image.open(path)))
+
+
+def test_every_preset_is_described_in_the_help():
+    from hayai.generation.fields import FIELD
+    from hayai.speed.presets import DESCRIPTIONS, PRESETS
+
+    assert set(DESCRIPTIONS) == set(PRESETS) and FIELD["speed"].choices == tuple(PRESETS)
+    assert "balanced (step caching every 3 steps)" in FIELD["speed"].help and PRESETS["balanced"] == {"step_cache": 3}

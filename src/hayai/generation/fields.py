@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hayai.speed.presets import PRESETS
+from hayai.speed.presets import DESCRIPTIONS, PRESETS
 
 __all__ = ["RequestField", "FIELDS", "FIELD", "RESIZE_MODES", "MASKED_CONTENT", "DENOISE_STEPS", "LATENT_UPSCALERS",
            "PIXEL_UPSCALERS", "INFOTEXT_DEFAULTS"]
@@ -145,8 +145,8 @@ FIELDS: tuple[RequestField, ...] = (
     _F("progressive", "sizes", (), "Progressive upscaling: the long side of every pass, e.g. 512,768,1024.",
        ("--progressive",), infotext="Progressive", kinds=("hires",)),
     # -- speed levers (hayai.speed): a preset, and the raw knobs it fills when they are left unset ---------
-    _F("speed", "str", "exact", "Speed preset: exact (the plain diffusers call), balanced (step caching every 3 steps) "
-       "\\[exact]. The knobs below override it.", ("--speed",), label="Speed", aliases=("speed_preset",),
+    _F("speed", "str", "exact", "Speed preset: " + ", ".join(f"{name} ({DESCRIPTIONS[name]})" for name in PRESETS)
+       + " \\[exact]. The knobs below override it.", ("--speed",), label="Speed", aliases=("speed_preset",),
        infotext="Speed", choices=tuple(PRESETS)),
     _F("step_cache", "int", None, "Step caching (DeepCache-style, UNet models): run the deep UNet blocks every N steps "
        "and reuse their output between (0 or 1 = off) \\[the --speed preset's].", ("--step-cache",),

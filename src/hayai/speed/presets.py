@@ -8,7 +8,7 @@ values are chosen from measurements (benchmarks/speed_levers.py; the figures are
 
 from __future__ import annotations
 
-__all__ = ["KNOBS", "PRESETS", "UNET_LEVERS", "check_knobs", "preset_knobs"]
+__all__ = ["DESCRIPTIONS", "KNOBS", "PRESETS", "UNET_LEVERS", "check_knobs", "preset_knobs"]
 
 # knob -> its "off" value
 KNOBS = {"step_cache": 0, "token_merging": 0.0}
@@ -17,6 +17,9 @@ PRESETS: dict[str, dict[str, float]] = {
     "exact": {},  # the plain diffusers call, pixel for pixel
     "balanced": {"step_cache": 3},  # deep UNet features reused for 2 steps of every 3
 }
+
+# what each preset does, in words (the --speed help)
+DESCRIPTIONS = {"exact": "the plain diffusers call", "balanced": "step caching every 3 steps"}
 
 # levers implemented for UNet denoisers only (see hayai.speed.step_cache and hayai.speed.token_merging)
 UNET_LEVERS = ("step_cache", "token_merging")
