@@ -23,7 +23,7 @@ from hayai.models.families import Family
 from hayai.models.tiny import build_tiny_pipeline
 from hayai.speed.levers import applied
 from hayai.speed.step_cache import StepCache, cached_blocks
-from hayai.speed.token_merging import TokenMerging, bipartite_merge
+from hayai.speed.token_merging import TokenMerging, bipartite_merge, draw_destinations
 from hayai.sweep.axes import parse_axis
 
 
@@ -114,7 +114,7 @@ def test_step_cache_keeps_one_cache_per_sub_call_under_the_batch_split():
 
 def test_bipartite_merge_halves_the_tokens_and_unmerge_restores_the_grid():
     x = torch.randn(2, 64, 8)
-    merge, unmerge = bipartite_merge(x, 8, 8, 32, torch.Generator().manual_seed(0))
+    merge, unmerge = bipartite_merge(x, 8, 8, 32, draw_destinations(8, 8, torch.Generator().manual_seed(0)))
     merged = merge(x)
     assert merged.shape == (2, 32, 8)
     back = unmerge(merged)
@@ -148,6 +148,18 @@ def test_token_merging_shrinks_self_attention_at_full_resolution_only(sd1_pipe):
     assert np.abs(merged - before).max() > 1e-4
     np.testing.assert_array_equal(_call(sd1_pipe, steps=2), before)  # the processors are restored
     assert merged.shape == before.shape
+
+
+def test_token_merging_gives_the_same_image_under_the_batch_split():
+    pipe = build_tiny_pipeline(Family.SD1)
+    pipe.set_progress_bar_config(disable=True)
+    with TokenMerging(pipe.unet, 0.5):
+        batched = _call(pipe, steps=3)
+    split_denoiser_batch(pipe.unet)
+    with TokenMerging(pipe.unet, 0.5) as merging:
+        split = _call(pipe, steps=3)
+    assert merging.plan.attentions > 0
+    np.testing.assert_allclose(split, batched, atol=2e-5)
 
 
 def test_token_merging_gives_the_same_image_every_call(sd1_pipe):

@@ -14,23 +14,31 @@ once by hand, it is not a dependency), and its random destinations come from a f
 so an image depends on what ran before it. Here the
 merge plan is made by a forward pre-hook on each transformer block (from the block's input, as tomesd
 does) and applied by an attention processor on its `attn1` (diffusers' extension point), both removed
-after the call; the destinations come from a generator seeded per call, so a request gives the same
-image every time. The bipartite matching below follows tomesd's `bipartite_soft_matching_random2d`
+after the call; the destinations come from a generator seeded per call and are drawn once per block and
+model evaluation (shared by the CFG halves, as tomesd shares them within a batch), so a request gives the
+same image every time, whichever memory strategy runs it. The bipartite matching below follows tomesd's `bipartite_soft_matching_random2d`
 (MIT licence).
 """
 
 from __future__ import annotations
 
-__all__ = ["TokenMerging", "bipartite_merge"]
+__all__ = ["TokenMerging", "bipartite_merge", "draw_destinations"]
 
 _SEED = 0  # of the generator drawing destination tokens, per pipeline call
 
 
-def bipartite_merge(metric, w: int, h: int, r: int, generator=None, sx: int = 2, sy: int = 2):
+def draw_destinations(w: int, h: int, generator, sx: int = 2, sy: int = 2):
+    """Which token of each sx x sy cell of a w x h grid is a destination: [h // sy, w // sx, 1] indices."""
+    import torch
+
+    return torch.randint(sy * sx, size=(h // sy, w // sx, 1), generator=generator)
+
+
+def bipartite_merge(metric, w: int, h: int, r: int, destinations=None, sx: int = 2, sy: int = 2):
     """(merge, unmerge) for tokens [B, N, C] of a w x h grid: `r` source tokens merged into destinations.
 
-    Destinations are one token per sx x sy cell (a random one when `generator` is given, else the
-    top left); each source token goes to its most similar destination (cosine), the `r` most similar
+    Destinations are one token per sx x sy cell (`destinations`, from `draw_destinations`; None: the top
+    left of each); each source token goes to its most similar destination (cosine), the `r` most similar
     sources are merged (averaged into it) and the rest kept.
     """
     import torch
@@ -38,11 +46,9 @@ def bipartite_merge(metric, w: int, h: int, r: int, generator=None, sx: int = 2,
     B, N, _ = metric.shape
     with torch.no_grad():
         hsy, wsx = h // sy, w // sx
-        if generator is None:
-            rand_idx = torch.zeros(hsy, wsx, 1, dtype=torch.int64)
-        else:
-            rand_idx = torch.randint(sy * sx, size=(hsy, wsx, 1), generator=generator)
-        rand_idx = rand_idx.to(metric.device)
+        if destinations is None:
+            destinations = torch.zeros(hsy, wsx, 1, dtype=torch.int64)
+        rand_idx = destinations.to(metric.device)
         # -1 marks the destination of each cell, 0 the sources; argsort puts destinations first
         view = torch.zeros(hsy, wsx, sy * sx, device=metric.device, dtype=torch.int64)
         view.scatter_(dim=2, index=rand_idx, src=-torch.ones_like(rand_idx))
@@ -94,7 +100,7 @@ def bipartite_merge(metric, w: int, h: int, r: int, generator=None, sx: int = 2,
 
 
 class _Plan:
-    """What the hooks share during one call: the latent grid, the generator, the current block's plan."""
+    """What the hooks share during one call: the latent grid, the destinations, the current block's plan."""
 
     def __init__(self, ratio: float):
         import torch
@@ -102,6 +108,7 @@ class _Plan:
         self.ratio = ratio
         self.grid: tuple[int, int] | None = None  # latent (h, w) of the current UNet call
         self.generator = torch.Generator("cpu").manual_seed(_SEED)
+        self.destinations: dict[int, object] = {}  # block -> destinations drawn for the current model evaluation
         self.current = None  # (merge, unmerge) for the next attn1, or None
         self.merged_tokens = 0  # tokens removed from self-attention inputs, over the call
         self.attentions = 0  # self-attentions that ran on merged tokens
@@ -143,15 +150,18 @@ class TokenMerging:
         def on_unet(_module, args, kwargs):
             sample = args[0] if args else kwargs["sample"]
             plan.grid = tuple(sample.shape[-2:])
+            plan.destinations = {}  # a new model evaluation: new random destinations
 
-        def on_block(_module, args, kwargs):
+        def on_block(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
             h, w = plan.grid
             plan.current = None
             if x.shape[1] == h * w:
-                # odd batches cannot hold both CFG halves, which must share destinations (tomesd does the same)
-                generator = plan.generator if x.shape[0] % 2 == 0 else None
-                plan.current = bipartite_merge(x, w, h, int(x.shape[1] * plan.ratio), generator)
+                # one draw per block and model evaluation, shared by every image and CFG half of it, also when
+                # the batch-split strategy calls the UNet once per sample (so the image does not depend on it)
+                if id(module) not in plan.destinations:
+                    plan.destinations[id(module)] = draw_destinations(w, h, plan.generator)
+                plan.current = bipartite_merge(x, w, h, int(x.shape[1] * plan.ratio), plan.destinations[id(module)])
 
         self._handles.append(self.unet.register_forward_pre_hook(on_unet, with_kwargs=True))
         for block in self._blocks():
