@@ -84,10 +84,11 @@ def test_exact_infotext_with_clip_skip_extras_and_no_negative_prompt():
 def test_params_order_and_omitted_values():
     params = request_to_params(make_request(), model_name="m", model_hash=None, version=VERSION, extra={"ENSD": None})
     assert list(params) == [
-        "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "ENSD", "Version",
+        "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "Speed",
+        "Step cache", "Token merging ratio", "Tiny VAE", "ENSD", "Version",
     ]
     text = format_infotext("p", "", params)
-    assert "Model hash" not in text and "Clip skip" not in text and "ENSD" not in text
+    assert "Model hash" not in text and "Clip skip" not in text and "ENSD" not in text and "Speed" not in text
     assert text.endswith("Size: 512x768, Model: m, Version: hayai 0.1.0")
 
 
@@ -166,12 +167,12 @@ def test_format_parse_request_round_trip(changes):
 
 
 def test_extras_come_back_unused_and_unquoted():
-    extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "Token merging ratio": 0.5}
+    extra = {"Lora hashes": "add_detail: 7c6bad76eb54, style: 0123456789ab", "VAE hash": "235745af8d"}
     back, unused = request_from_infotext(parse_infotext(infotext_of(make_request(), extra)))
     assert back == make_request()
     assert list(unused.items()) == [  # Lora hashes are used: the LoRAs come back through the prompt's tags
         ("Model hash", MODEL_HASH),
-        ("Token merging ratio", "0.5"),
+        ("VAE hash", "235745af8d"),
     ]
 
 

@@ -35,6 +35,7 @@ EXPECTED = {
     "PLMS": ("PNDMScheduler", "Uniform", {"skip_prk_steps": True}),
     "UniPC": ("UniPCMultistepScheduler", "Uniform", {}),
     "LCM": ("LCMScheduler", "Uniform", {}),
+    "TCD": ("TCDScheduler", "Uniform", {}),  # Forge's name (not in A1111); for TCD and Hyper-SD 1-step LoRAs
 }
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 

@@ -213,6 +213,8 @@ def evaluate(
     prompts: list[str] | None = None,
     engine=None,
     progress=None,
+    request_fields: dict | None = None,
+    on_image=None,
 ) -> AdherenceReport:
     """The adherence of `model` (a name or path, as `hayai generate -m` takes; None: the default model).
 
@@ -220,7 +222,8 @@ def evaluate(
     with seeds 0..seeds-1, the sampler, schedule and size the engine picks, and pixel for pixel what
     `hayai generate` makes), and each image is scored. Without an `engine`, the model is found in the
     user's catalog but the images are neither saved nor logged to the user's history.
-    `progress(done, total)` is called after each prompt.
+    `progress(done, total)` is called after each prompt. `request_fields` are more request fields for
+    every image (e.g. speed levers); `on_image(prompt, seed, image)` sees every image scored.
     """
     import tempfile
     import time
@@ -245,12 +248,14 @@ def evaluate(
         for done, prompt in enumerate(prompts, start=1):
             request = GenerationRequest(
                 prompt, model=model, steps=steps, cfg_scale=cfg_scale, sampler=sampler, schedule_type=schedule_type,
-                seed=0, batch_size=seeds,
+                seed=0, batch_size=seeds, **(request_fields or {}),
             )
             result = engine.generate(request, save=False)
             resolved = result.request
             for image in result.images:
                 tally.add(image.image, prompt, image.seed)
+                if on_image is not None:
+                    on_image(prompt, image.seed, image.image)
             if progress is not None:
                 progress(done, len(prompts))
     return tally.report(

@@ -40,6 +40,7 @@ from hayai.models.catalog import Catalog, is_placeholder, source_hash
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
+from hayai.speed.few_step import for_request as few_step_for
 from hayai.store.recording import recorded_run
 
 __all__ = ["Engine", "GenerationResult", "GeneratedImage", "LoadedModel", "ProgressEvent", "pipeline_kwargs"]
@@ -262,7 +263,8 @@ class Engine:
         source = self.catalog.resolve(request.model, allow_pickle=self.allow_pickle, config=request.model_config)
         request, input_size = kind.prepare(request, source.family)
         # everything the model's family decides is checked before a load (64 px stands in for a native size)
-        recommended = recommended_settings(source)
+        few_step = few_step_for(request, source, self._find_lora)  # distilled weights need their own settings
+        recommended = {**recommended_settings(source), **(few_step.recommended if few_step else {})}
         kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)
         with timer.phase("load"):
             loaded = self.load(source=source, progress=emit)  # resolved once, above
@@ -327,6 +329,7 @@ class Engine:
                 reading = memory.read()
                 record.timings, record.peak_memory_bytes = timer.as_dict(), reading.peak_bytes
         warnings = list(the_plan.warnings) + [w for applied in loaded.applied_loras for w in applied.warnings]
+        warnings += few_step.warnings(resolved) if few_step else []
         if loaded.random_architecture:
             warnings.append(f"{loaded.source.name} has random weights: its images are noise, but its time and memory "
                             "are those of the real model")

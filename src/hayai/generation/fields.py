@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hayai.speed.presets import DESCRIPTIONS, PRESETS
+
 __all__ = ["RequestField", "FIELDS", "FIELD", "RESIZE_MODES", "MASKED_CONTENT", "DENOISE_STEPS", "LATENT_UPSCALERS",
            "PIXEL_UPSCALERS", "INFOTEXT_DEFAULTS"]
 
@@ -142,6 +144,20 @@ FIELDS: tuple[RequestField, ...] = (
        ("--hires-negative",), api="hr_negative_prompt", infotext="Hires negative prompt", kinds=("hires",)),
     _F("progressive", "sizes", (), "Progressive upscaling: the long side of every pass, e.g. 512,768,1024.",
        ("--progressive",), infotext="Progressive", kinds=("hires",)),
+    # -- speed levers (hayai.speed): a preset, and the raw knobs it fills when they are left unset ---------
+    _F("speed", "str", "exact", "Speed preset: " + ", ".join(f"{name} ({DESCRIPTIONS[name]})" for name in PRESETS)
+       + " \\[exact]. The knobs below override it.", ("--speed",), label="Speed", aliases=("speed_preset",),
+       infotext="Speed", choices=tuple(PRESETS)),
+    _F("step_cache", "int", None, "Step caching (DeepCache-style, UNet models): run the deep UNet blocks every N steps "
+       "and reuse their output between (0 or 1 = off) \\[the --speed preset's].", ("--step-cache",),
+       label="Step cache", aliases=("deepcache", "cache_interval"), infotext="Step cache", minimum=0, maximum=100),
+    _F("token_merging", "float", None, "Token merging (ToMe, UNet models): the share of self-attention tokens merged "
+       "at the full latent resolution (0 = off) \\[the --speed preset's].", ("--token-merging", "--tome"),
+       label="Token merging ratio", aliases=("tome", "token_merging_ratio"), infotext="Token merging ratio",
+       minimum=0.0, maximum=0.9),
+    _F("tiny_vae", "str", None, "A tiny autoencoder to decode (and encode) with instead of the model's VAE: a "
+       "diffusers AutoencoderTiny folder you have, e.g. TAESD (faster, softer detail).", ("--tiny-vae",),
+       label="Tiny VAE", aliases=("taesd",), infotext="Tiny VAE"),
 )
 
 FIELD: dict[str, RequestField] = {f.name: f for f in FIELDS}
@@ -150,5 +166,5 @@ FIELD: dict[str, RequestField] = {f.name: f for f in FIELDS}
 # written only when their value differs
 INFOTEXT_DEFAULTS = {
     "Clip skip": "1", "Mask mode": "Inpaint masked", "Masked content": "original", "Inpaint area": "Whole picture",
-    "Masked area padding": "32", "Denoise steps": "a1111",
+    "Masked area padding": "32", "Denoise steps": "a1111", "Speed": "exact",
 }

@@ -178,14 +178,14 @@ def request_to_params(
 def _written(spec, request: GenerationRequest) -> str | None:
     """The infotext value of one field, or None where A1111 leaves the key out."""
     value = getattr(request, spec.name)
+    if value is None:
+        return None
     if spec.name in _WORDS:
         text = _WORDS[spec.name][bool(value)]
     elif spec.type == "sizes":
         text = ",".join(map(str, value)) if value else None
     elif spec.type == "float":
         text = _format_number(value)
-    elif value is None:
-        return None
     else:
         text = str(value)
     if spec.name == "inpaint_padding" and not request.inpaint_only_masked:

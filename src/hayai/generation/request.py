@@ -25,6 +25,7 @@ from hayai.generation.samplers import (
 )
 from hayai.generation.fields import FIELDS, MASKED_CONTENT, RESIZE_MODES, RequestField
 from hayai.models.families import FAMILY_INFO, Family
+from hayai.speed.presets import KNOBS, check_knobs, preset_knobs
 
 __all__ = ["GenerationRequest", "IMAGE_FORMATS", "MAX_SEED", "round_down_size"]
 
@@ -83,6 +84,11 @@ class GenerationRequest:
     hr_prompt: str | None = None  # None: `prompt`
     hr_negative_prompt: str | None = None
     progressive: tuple[int, ...] = ()  # the long side of every pass, e.g. (512, 768, 1024)
+    # speed levers (hayai.speed): a preset fills the knobs left None when the request is resolved
+    speed: str = "exact"  # hayai.speed.presets.PRESETS
+    step_cache: int | None = None  # run the deep UNet blocks every N steps, reuse them between (0 or 1: off)
+    token_merging: float | None = None  # ToMe ratio of self-attention tokens merged at full latent resolution
+    tiny_vae: str | None = None  # a diffusers AutoencoderTiny folder (TAESD) that replaces the model's VAE
 
     def __post_init__(self) -> None:
         for spec in FIELDS:
@@ -203,8 +209,20 @@ class GenerationRequest:
         seed = self.seed if self.seed >= 0 else (rng or random.SystemRandom()).randint(0, MAX_SEED)
         return dataclasses.replace(
             self, steps=steps, cfg_scale=cfg_scale, sampler=sampler, schedule_type=schedule, width=width, height=height,
-            seed=seed,
+            seed=seed, **self.speed_knobs(info.flow_matching, family.value),
         )
+
+    def speed_knobs(self, flow_matching: bool, family_name: str) -> dict[str, float]:
+        """The speed knobs this request runs with: those it sets, the rest from its `speed` preset.
+
+        Every preset but `exact` writes its values into the resolved request, so the record and the
+        infotext reproduce the run even after a preset is retuned."""
+        own = {name: getattr(self, name) for name in KNOBS}
+        check_knobs(own, flow_matching, family_name)
+        if self.speed == "exact":  # fills nothing: a knob left unset is off (and absent from the infotext)
+            return own
+        preset = preset_knobs(self.speed, flow_matching)
+        return {name: preset[name] if value is None else value for name, value in own.items()}
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

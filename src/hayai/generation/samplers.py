@@ -45,6 +45,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}),
     "UniPC": SamplerSpec("UniPCMultistepScheduler"),
     "LCM": SamplerSpec("LCMScheduler"),
+    "TCD": SamplerSpec("TCDScheduler"),  # Forge's and ComfyUI's name; for TCD and Hyper-SD's 1-step LoRAs
 }
 
 # SD3 and Flux predict a velocity along a straight path: they take flow-matching schedulers.
@@ -83,6 +84,7 @@ _ACCEPTS = {
     "PNDMScheduler": _SPACING_ONLY,
     "UniPCMultistepScheduler": _SIGMA_SCHEDULES,
     "LCMScheduler": _SPACING_ONLY,
+    "TCDScheduler": _SPACING_ONLY,
     "FlowMatchEulerDiscreteScheduler": {"Simple"},
     "FlowMatchHeunDiscreteScheduler": {"Simple"},
 }

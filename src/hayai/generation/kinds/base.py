@@ -17,6 +17,8 @@ from hayai.generation.request import GenerationRequest
 from hayai.generation.samplers import build_scheduler
 from hayai.models.assemble import assemble
 from hayai.models.families import FAMILY_INFO, Family
+from hayai.speed.levers import applied
+from hayai.speed.tiny_vae import with_tiny_vae
 
 __all__ = ["PipelineKind", "BatchRun", "derived_pipeline", "img2img_schedule"]
 
@@ -81,10 +83,13 @@ class BatchRun:
                                          loaded.flow_matching)
         accepted = inspect.signature(pipe.__call__).parameters
         dropped = tuple(name for name in ("width", "height") if name not in accepted)  # img2img: the image's size
-        images = run_batch(pipe, loaded.family, request, seeds, timer=self.timer, emit=self.emit, batch=0,
-                           total_steps=self.total_steps, encode_on=self.encode_on, extra=extra,
-                           output_type=output_type, done_steps=self.done_steps, cancel=self.cancel,
-                           drop=dropped)
+        if request.tiny_vae is not None:
+            pipe = with_tiny_vae(pipe, request.tiny_vae)
+        with applied(pipe, request):  # the request's speed levers, removed after the call (none: the plain call)
+            images = run_batch(pipe, loaded.family, request, seeds, timer=self.timer, emit=self.emit, batch=0,
+                               total_steps=self.total_steps, encode_on=self.encode_on, extra=extra,
+                               output_type=output_type, done_steps=self.done_steps, cancel=self.cancel,
+                               drop=dropped)
         self.done_steps += runs
         return images
 

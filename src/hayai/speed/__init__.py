@@ -1,0 +1,16 @@
+"""Speed levers: less work per image, each a request knob whose time and quality cost is measured.
+
+- `presets`: the named presets (`exact`, `balanced`) and the knobs they set; pure data.
+- `step_cache`: DeepCache-style reuse of the deep UNet features between steps.
+- `token_merging`: ToMe for the UNet's self-attention.
+- `levers`: the one place a pipeline call gets the levers its request asks for (`applied`).
+- `tiny_vae`: a tiny autoencoder (AutoencoderTiny, e.g. TAESD) in place of the model's VAE.
+- `few_step`: few-step LoRAs and models (LCM, TCD, Hyper-SD, Lightning, Turbo) and the settings they need.
+- `quality`: PSNR and SSIM between images, for the benchmark's distance to the exact run.
+
+The levers are request fields (`hayai.generation.fields`), not plan options: like steps or the sampler
+they change the image, so they are recorded in the infotext, reproduced by `--from` and swept as axes;
+the planner decides only how a request runs (device, dtype, offload), never what it draws.
+
+Importing this package imports nothing heavy.
+"""

@@ -1,0 +1,173 @@
+"""Few-step LoRAs and models (LCM, TCD, Hyper-SD, Lightning, Turbo): recognised, and the settings they need.
+
+Distilled weights sample in 1-8 steps, but only with the sampler, schedule and guidance they were
+distilled for; at 20 steps and CFG 7 they burn. So when a request uses one, its settings fill what the
+request leaves unset (over the model card's), and a warning names any setting the user moved outside
+the range that works. Recognition reads, in order: hayai's own `hayai.few_step` metadata (JSON, written
+by distillation), the kohya metadata (`ss_output_name`, `modelspec.title`, `modelspec.description`,
+`ss_training_comment`), then the file or folder name ("lcm-lora-sdv1-5", "Hyper-SD15-8steps-CFG-lora",
+"sdxl_lightning_4step_lora", "sd-turbo"). The settings follow each method's model card and diffusers'
+docs (REFERENCE: wave2-ecosystem.md 6.3).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = ["METADATA_KEY", "FewStep", "detect", "detect_file", "detect_text", "for_request"]
+
+METADATA_KEY = "hayai.few_step"  # a LoRA's metadata entry: {"method", "steps", "cfg_scale", "sampler", "schedule_type"}
+_TEXT_KEYS = ("ss_output_name", "modelspec.title", "modelspec.description", "ss_training_comment")
+_GENERIC_STEMS = {"pytorch_lora_weights", "diffusion_pytorch_model", "model", "lora", "adapter_model"}
+
+
+@dataclass(frozen=True)
+class FewStep:
+    method: str  # "LCM", "TCD", "Hyper-SD", "Lightning", "Turbo"
+    steps: int
+    cfg_scale: float
+    sampler: str  # an A1111 name (hayai.generation.samplers)
+    schedule_type: str
+    steps_range: tuple[int, int]  # where it works
+    cfg_range: tuple[float, float]
+    samplers: tuple[str, ...]  # samplers it works with
+    source: str = ""  # what was recognised: "x.safetensors (metadata ss_output_name)", "x.safetensors (name)"
+    kind: str = "LoRA"  # or "model"
+
+    @property
+    def recommended(self) -> dict:
+        """Request fields it needs, in the model card's form (`GenerationRequest.resolve(recommended=...)`)."""
+        return {"steps": self.steps, "cfg_scale": self.cfg_scale, "sampler": self.sampler,
+                "schedule_type": self.schedule_type}
+
+    def warnings(self, request) -> list[str]:
+        """What in a resolved request falls outside the range this method works in."""
+        what = f"{self.source} is a {self.method} few-step {self.kind}"
+        found = []
+        low, high = self.steps_range
+        if not low <= request.steps <= high:
+            found.append(f"{what}: steps={request.steps} is outside {low}-{high}, where it works (it needs {self.steps})")
+        low, high = self.cfg_range
+        if not low <= request.cfg_scale <= high:
+            found.append(f"{what}: cfg_scale={request.cfg_scale:g} is outside {low:g}-{high:g}, where it works "
+                         f"(it needs {self.cfg_scale:g}); the image may burn")
+        if request.sampler not in self.samplers:
+            found.append(f"{what}: sampler {request.sampler!r} is not one it was distilled for "
+                         f"({', '.join(self.samplers)})")
+        if request.step_cache and request.step_cache > 1:
+            found.append(f"{what}: step caching (step_cache={request.step_cache}) reuses features across the few large "
+                         "steps of a distilled model, which costs far more quality than at 20 steps")
+        return found
+
+
+_STEPS_IN_NAME = re.compile(r"(\d+)[-_ ]?steps?")
+
+
+def _named_steps(text: str, default: int) -> int:
+    match = _STEPS_IN_NAME.search(text)
+    return int(match[1]) if match else default
+
+
+def detect_text(text: str, source: str = "") -> FewStep | None:
+    """The few-step method a name or description names, or None."""
+    lowered = text.lower()
+    words = set(re.split(r"[^a-z0-9]+", lowered))
+    if re.search(r"hyper[-_ ]?sd", lowered):
+        if "cfg" in words:  # Hyper-SD's CFG-preserving LoRAs (8 and 12 steps): guidance 5-8, negative prompts work
+            steps = _named_steps(lowered, 8)
+            return FewStep("Hyper-SD", steps, 6.0, "DDIM", "SGM Uniform", (steps // 2, steps * 2), (4.0, 8.0),
+                           ("DDIM", "Euler", "TCD"), source)
+        steps = _named_steps(lowered, 1)
+        if steps == 1:  # the 1-step unified LoRA samples with TCD
+            return FewStep("Hyper-SD", 1, 1.0, "TCD", "SGM Uniform", (1, 8), (1.0, 1.0), ("TCD",), source)
+        return FewStep("Hyper-SD", steps, 1.0, "DDIM", "SGM Uniform", (max(1, steps // 2), steps * 2), (1.0, 1.0),
+                       ("DDIM", "Euler", "TCD"), source)
+    if "lightning" in words:
+        steps = _named_steps(lowered, 4)
+        return FewStep("Lightning", steps, 1.0, "Euler", "SGM Uniform", (steps, steps * 2), (1.0, 1.0),
+                       ("Euler",), source)
+    if "tcd" in words:
+        return FewStep("TCD", 4, 1.0, "TCD", "Uniform", (2, 8), (1.0, 1.5), ("TCD",), source)
+    if "lcm" in words:
+        return FewStep("LCM", 4, 1.0, "LCM", "Uniform", (2, 8), (1.0, 2.0), ("LCM",), source)
+    if "turbo" in words:
+        return FewStep("Turbo", 4, 1.0, "Euler a", "SGM Uniform", (1, 4), (1.0, 1.0), ("Euler a", "Euler"), source)
+    return None
+
+
+def _from_metadata_key(value: str, source: str) -> FewStep | None:
+    try:
+        data = json.loads(value)
+        named = detect_text(str(data["method"]), source)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if named is None:
+        return None
+    changes = {k: data[k] for k in ("steps", "cfg_scale", "sampler", "schedule_type") if k in data}
+    return replace(named, **changes)
+
+
+def detect(name: str, metadata: dict[str, str] | None = None) -> FewStep | None:
+    """The few-step method of weights called `name` (a file or folder path) with this metadata, or None."""
+    metadata = metadata or {}
+    path = Path(name)
+    label = path.name
+    if METADATA_KEY in metadata:
+        found = _from_metadata_key(metadata[METADATA_KEY], f"{label} (metadata {METADATA_KEY})")
+        if found is not None:
+            return found
+    for key in _TEXT_KEYS:
+        if metadata.get(key):
+            found = detect_text(metadata[key], f"{label} (metadata {key})")
+            if found is not None:
+                return found
+    stem = path.stem if path.suffix in (".safetensors", ".ckpt", ".pt", ".bin") else path.name
+    text = f"{path.parent.name} {stem}" if stem.lower() in _GENERIC_STEMS else stem
+    return detect_text(text, f"{label} (name)")
+
+
+def detect_file(path: Path) -> FewStep | None:
+    """The few-step method of a LoRA or checkpoint file, from its safetensors metadata and its name."""
+    metadata = {}
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    return detect(str(path), metadata)
+
+
+def for_flow_matching(found: FewStep) -> FewStep:
+    """The settings for a flow-matching family (SD3, Flux): the steps and guidance stay, the sampler is the
+    flow Euler (their distilled weights, e.g. SD3.5 Large Turbo or Hyper-SD3, sample with it)."""
+    return replace(found, sampler="Euler", schedule_type="Simple", samplers=("Euler",))
+
+
+def for_request(request, source, find_lora) -> FewStep | None:
+    """The few-step method a request uses: its first few-step LoRA (the `loras` field, then the prompts'
+    <lora:...> tags; `find_lora(name) -> Path`), else its model (`source`, a ModelSource: by name), else None."""
+    from hayai.lora import LoraSpec, combine_specs
+    from hayai.lora.formats import LoraError
+    from hayai.models.families import FAMILY_INFO
+    from hayai.prompts.parser import parse_prompt
+
+    specs = combine_specs([LoraSpec.parse(text) for text in request.loras],
+                          parse_prompt(request.prompt).loras + parse_prompt(request.negative_prompt).loras)
+    found = None
+    for spec in specs:
+        try:
+            path = Path(find_lora(spec.name))
+        except LoraError:
+            continue  # not found: loading it fails later with the same error, inside the recorded run
+        found = detect_file(path)
+        if found is not None:
+            break
+    if found is None:
+        found = detect(source.name)
+        found = replace(found, kind="model") if found is not None else None
+    if found is not None and FAMILY_INFO[source.family].flow_matching:
+        found = for_flow_matching(found)
+    return found

@@ -1,0 +1,41 @@
+"""The one place a pipeline call gets the speed levers its request asks for.
+
+`applied(pipe, request)` installs the levers on the pipeline's denoiser for one call and removes them
+after it; with every knob off it installs nothing, so the call is the plain diffusers call.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+
+__all__ = ["active_levers", "applied"]
+
+
+def active_levers(request) -> dict[str, float]:
+    """The levers of a resolved request that change its run (knob -> value)."""
+    active = {}
+    if request.step_cache and request.step_cache > 1:
+        active["step_cache"] = request.step_cache
+    if request.token_merging:
+        active["token_merging"] = request.token_merging
+    return active
+
+
+@contextmanager
+def applied(pipe, request):
+    """The levers on `pipe` for the duration of the block; yields the installed levers by knob name."""
+    levers = active_levers(request)
+    installed = {}
+    with ExitStack() as stack:
+        unet = getattr(pipe, "unet", None)
+        if levers and unet is None:
+            raise ValueError(f"{', '.join(levers)} need a UNet; {type(pipe).__name__} has none")
+        if "token_merging" in levers:
+            from hayai.speed.token_merging import TokenMerging
+
+            installed["token_merging"] = stack.enter_context(TokenMerging(unet, levers["token_merging"]))
+        if "step_cache" in levers:
+            from hayai.speed.step_cache import StepCache
+
+            installed["step_cache"] = stack.enter_context(StepCache(unet, levers["step_cache"]))
+        yield installed

@@ -1,0 +1,44 @@
+"""Speed presets: named settings of the raw speed knobs. Pure data, imported by the field table.
+
+A preset fills only the knobs a request leaves unset (None); a knob the user sets wins. A lever that
+does not apply to a family (step caching and token merging work on UNets: SD1.x, SD2, SDXL) is off in
+every preset for that family, while asking for it explicitly is an error (`check_knobs`). The preset
+values are chosen from measurements (benchmarks/speed_levers.py; the figures are in the README).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DESCRIPTIONS", "KNOBS", "PRESETS", "UNET_LEVERS", "check_knobs", "preset_knobs"]
+
+# knob -> its "off" value
+KNOBS = {"step_cache": 0, "token_merging": 0.0}
+
+PRESETS: dict[str, dict[str, float]] = {
+    "exact": {},  # the plain diffusers call, pixel for pixel
+    "balanced": {"step_cache": 3},  # deep UNet features reused for 2 steps of every 3
+}
+
+# what each preset does, in words (the --speed help)
+DESCRIPTIONS = {"exact": "the plain diffusers call", "balanced": "step caching every 3 steps"}
+
+# levers implemented for UNet denoisers only (see hayai.speed.step_cache and hayai.speed.token_merging)
+UNET_LEVERS = ("step_cache", "token_merging")
+
+
+def preset_knobs(preset: str, flow_matching: bool) -> dict[str, float]:
+    """Every knob's value under `preset` for a family (flow-matching families have a transformer, no UNet)."""
+    values = {**KNOBS, **PRESETS[preset]}
+    if flow_matching:
+        values.update({name: KNOBS[name] for name in UNET_LEVERS})
+    return values
+
+
+def check_knobs(knobs: dict[str, float], flow_matching: bool, family_name: str) -> None:
+    from hayai.errors import RequestError
+
+    if not flow_matching:
+        return
+    for name in UNET_LEVERS:
+        if knobs.get(name) not in (None, KNOBS[name]):
+            raise RequestError(f"{name}={knobs[name]} applies to UNet models (SD1.x, SD2, SDXL), not to "
+                               f"{family_name} models; leave it unset")
