@@ -216,3 +216,9 @@ def test_png_info_reads_back_the_infotext(server):
     assert info["parameters"]["Prompt"] == "a red circle" and info["parameters"]["Seed"] == "4"
     assert info["parameters"]["Size-1"] == "64"
     assert server.post("/sdapi/v1/png-info", {"image": "@@@"}).status_code == 422
+
+
+def test_token_merging_comes_through_override_settings_as_in_a1111(server):
+    body = server.post("/sdapi/v1/txt2img", {"prompt": "a red circle", "seed": 4, **SMALL,
+                                             "override_settings": {"token_merging_ratio": 0.3}}).json()
+    assert "Token merging ratio: 0.3" in json.loads(body["info"])["infotexts"][0]

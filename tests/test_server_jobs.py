@@ -163,3 +163,12 @@ def test_deleting_a_run_moves_its_images_to_the_trash_and_keeps_the_run(server):
     assert run["outputs"] == moved and run["events"][-1]["event"] == "trashed"
     assert server.delete(f"/hayai/v1/history/{run_id}").json()["moved"] == []  # already there
     assert server.delete("/hayai/v1/history/999999").status_code == 404
+
+
+def test_speed_levers_come_through_the_job_api_but_not_a_tiny_vae_folder(server):
+    job = _submit(server, {"prompt": "a red circle", "seed": 1, **SMALL, "speed": "balanced"}).json()
+    infotext = wait_job(server, job["id"])["result"]["images"][0]["infotext"]
+    assert "Speed: balanced" in infotext and "Step cache: 3" in infotext
+    assert _submit(server, {"prompt": "x", "tiny_vae": "/opt/taesd"}).status_code == 422  # not a field of the API
+    sweep = {"sweep": {"request": {"prompt": "x", **SMALL}, "x": "Tiny VAE=/opt/a,/opt/b"}}
+    assert server.post("/hayai/v1/jobs", sweep).status_code == 400

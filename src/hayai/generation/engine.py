@@ -270,9 +270,9 @@ class Engine:
             loaded = self.load(source=source, progress=emit)  # resolved once, above
         with self._resident.in_use(loaded):  # not evicted by another thread while it runs
             return self._generate(loaded, request, kind=kind, input_size=input_size, recommended=recommended,
-                                  options=options, emit=emit, timer=timer, memory=memory)
+                                  few_step=few_step, options=options, emit=emit, timer=timer, memory=memory)
 
-    def _generate(self, loaded: LoadedModel, request: GenerationRequest, *, kind, input_size, recommended,
+    def _generate(self, loaded: LoadedModel, request: GenerationRequest, *, kind, input_size, recommended, few_step,
                   options: RunOptions, emit, timer: PhaseTimer, memory: PeakMemory) -> GenerationResult:
         """Steps 3 to 7 of `generate`, with the model loaded."""
         resolved = request.resolve(loaded.family, input_size or loaded.native_size, recommended=recommended)

@@ -118,6 +118,8 @@ def to_fields(payload: dict[str, Any], kind: str, options: dict[str, Any]) -> tu
     for key, name in OPTION_KEYS.items():
         if settings.get(key) not in (None, ""):
             fields[name] = settings[key]
+    if isinstance(settings.get("token_merging_ratio"), (int, float)) and settings["token_merging_ratio"] > 0:
+        fields["token_merging"] = float(settings["token_merging_ratio"])  # A1111's ToMe option (0: off, hayai's default)
     if settings.get("samples_format") in ("png", "jpg", "webp"):
         fields["image_format"] = settings["samples_format"]
     if settings.get("img2img_fix_steps") and kind == "img2img":

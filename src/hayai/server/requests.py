@@ -20,7 +20,7 @@ from hayai.server.images import keep_b64_image
 
 __all__ = ["ImageInputError", "queued_request", "check_request", "NOT_OVER_HTTP"]
 
-NOT_OVER_HTTP = ("output_dir", "model_config")  # request fields that name paths on the server
+NOT_OVER_HTTP = ("output_dir", "model_config", "tiny_vae")  # request fields that name paths on the server
 
 
 class ImageInputError(RequestError):
@@ -61,6 +61,8 @@ def _check_names(request: GenerationRequest) -> None:
     from hayai.lora.apply import LoraSpec
     from hayai.prompts.parser import parse_prompt
 
+    if request.tiny_vae is not None:  # a folder on the server (a sweep axis may set it too)
+        raise RequestError("tiny_vae names a folder on the server and cannot be set over HTTP")
     if request.model is not None and _looks_like_path(request.model):
         raise RequestError(f"model={request.model!r}: name a model from GET /sdapi/v1/sd-models; the server loads "
                            "no model by path (add it on the server with `hayai models add PATH`)")
