@@ -74,3 +74,17 @@ def test_training_names_datasets_not_paths(server):
         assert refused.status_code == 400 and "datasets" in refused.json()["detail"]
     assert server.post("/hayai/v1/jobs", {"train": {"dataset": "shapes", "output_dir": "/tmp/x"}}).status_code == 400
     assert server.get("/hayai/v1/datasets/..%2F..%2Fetc/check").status_code == 404
+
+
+def test_an_explore_job_makes_consecutive_seeds_and_their_contact_sheet(server):
+    body = {"explore": {"request": {"prompt": "a red circle", "width": 64, "height": 64, "steps": 2, "seed": 10},
+                        "count": 4}}
+    job = server.post("/hayai/v1/jobs", body).json()
+    assert job["kind"] == "explore"
+    done = wait_job(server, job["id"])
+    assert done["status"] == "done", done["error"]
+    assert [image["seed"] for image in done["result"]["images"]] == [10, 11, 12, 13]
+    sheet = server.get(done["file_urls"]["0"])
+    assert sheet.status_code == 200 and sheet.content[:4] == b"\x89PNG"
+    odd = {"explore": {"request": {"prompt": "x", "batch_size": 3}, "count": 4}}
+    assert server.post("/hayai/v1/jobs", odd).status_code == 400

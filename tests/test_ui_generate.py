@@ -133,6 +133,27 @@ def test_a_2x2_sweep_shows_its_grid_and_cell_times(server, browser):
     page.close()
 
 
+def test_explore_many_seeds_then_refine_one_in_generate(server, browser):
+    page = browser.page(server.url)
+    open_tab(page, "Explore")
+    page.locator("#explore_prompt textarea").fill("a small blue square at the bottom right on a white background")
+    page.locator("#explore_count input[type=number]").fill("4")
+    page.locator("#explore_steps input").fill("6")
+    page.locator("#explore_seed input").fill("40")
+    page.locator("#explore_run").click()
+    page.wait_for_function("document.querySelectorAll('#explore_tiles img').length === 4", timeout=RUN_S)
+    assert page.locator("#explore_sheet img").count() == 1  # the contact sheet, labelled with the seeds
+    page.wait_for_function("[...document.querySelectorAll('#explore_tiles img')].every(i => i.complete)")
+    page.locator("#explore_tiles img").nth(2).click()
+    page.wait_for_function("document.querySelector('#explore_picked').innerText.includes('42')")
+    shot(page, "explore-desktop")
+    page.locator("#explore_refine").click()
+    page.wait_for_function("document.querySelector('#seed input').value === '42'")
+    assert _value(page, "#prompt textarea").startswith("a small blue square")
+    assert _value(page, "#batch_count input") == "1"
+    page.close()
+
+
 def test_the_queue_page_lists_the_jobs_and_cancels_a_queued_one(server, browser):
     long = server.post("/hayai/v1/jobs", {"request": {"prompt": "busy", "steps": 1000, "seed": 1}}).json()
     queued = server.post("/hayai/v1/jobs", {"request": {"prompt": "waiting", "steps": 2, "seed": 1}}).json()

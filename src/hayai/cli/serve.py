@@ -19,7 +19,7 @@ def serve(
     cors_allow: list[str] = typer.Option([], "--cors-allow", help="A web page origin allowed to call the server, e.g. http://localhost:3000 (repeat for more)."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Another Host name to answer when bound to localhost (repeat for more)."),
     max_body_mb: int = typer.Option(64, "--max-body-mb", help="Largest request body in MB \\[64]."),
-    ui: bool = typer.Option(True, "--ui/--no-ui", help="The web UI at / (needs the [ui] extra: pip install 'hayai[ui]')."),
+    ui: bool = typer.Option(True, "--ui/--no-ui", help="The web UI at / (needs the \\[ui] extra: pip install 'hayai\\[ui]')."),
     resident_memory: Optional[str] = typer.Option(None, "--resident-memory", help="Host RAM the models kept loaded may take together, e.g. 16GB; 0 keeps one \\[half the free RAM at start]."),
     *, flags: RunFlags,
 ) -> None:

@@ -38,6 +38,9 @@ HayaiRequest = create_model(
 )
 
 
+JOB_BODIES = ("request", "sweep", "explore", "train")  # the keys of a job submission, one per kind
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request: HayaiRequest
@@ -47,12 +50,20 @@ class SweepSpec(BaseModel):
     strategy: Optional[str] = None
 
 
+class ExploreSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request: HayaiRequest
+    count: int = Field(16, ge=1, le=1024, description="Seeds to try: seed, seed+1, ... (a multiple of batch_size).")
+
+
 class JobSubmission(BaseModel):
-    """Exactly one of `request` (make images), `sweep` (an X/Y/Z grid) or `train` (a LoRA training run)."""
+    """Exactly one of `request` (make images), `sweep` (an X/Y/Z grid), `explore` (many seeds of one prompt and
+    their contact sheet) or `train` (a LoRA training run)."""
 
     model_config = ConfigDict(extra="forbid")
     request: Optional[HayaiRequest] = None
     sweep: Optional[SweepSpec] = None
+    explore: Optional[ExploreSpec] = None
     train: Optional[dict[str, Any]] = Field(None, description="TrainConfig fields (`hayai train lora --help`); "
                                             "dataset names a folder of $HAYAI_HOME/datasets; resume: true continues "
                                             "the run's latest checkpoint.")
@@ -82,9 +93,9 @@ async def create_job(request: Request, body: JobSubmission,
                      idempotency_key: Optional[str] = Header(None, max_length=200,
                                                              description="A retry with the same key returns the same job.")):
     state = _state(request)
-    given = [name for name in ("request", "sweep", "train") if getattr(body, name) is not None]
+    given = [name for name in JOB_BODIES if getattr(body, name) is not None]
     if len(given) != 1:
-        raise HTTPException(422, "send exactly one of request (images), sweep or train")
+        raise HTTPException(422, "send exactly one of request (images), sweep, explore or train")
     kind, spec = await asyncio.to_thread(job_spec, state, given[0], body)
     if body.strategy is not None:
         state.engine.strategy_named(body.strategy)  # refused now, not when the job runs
@@ -96,19 +107,21 @@ async def create_job(request: Request, body: JobSubmission,
 
 def job_spec(state, given: str, body: JobSubmission) -> tuple[str, dict]:
     """The checked spec of the job the body asks for (decoding and keeping input images, off the event loop)."""
-    from hayai.server.tasks import SweepTask, TrainTask, with_seed
+    from hayai.server.tasks import ExploreTask, SweepTask, TrainTask, with_seed
 
     if given == "train":
         spec = TrainTask.spec(body.train)
         if spec["config"].get("model"):
             check_model(state.catalog, spec["config"]["model"])
         return "train", spec
-    source = body.request if given == "request" else body.sweep.request
+    source = body.request if given == "request" else getattr(body, given).request
     fields, images = _fields(source)
     queued = queued_request(fields, images=images)
     check_request(state.catalog, queued)
     if given == "request":
         return "generate", with_seed(queued).to_dict()
+    if given == "explore":
+        return "explore", ExploreTask.spec({"request": queued.to_dict(), "count": body.explore.count})
     sweep = body.sweep.model_dump(exclude_unset=True)
     spec = SweepTask.spec({**sweep, "request": queued.to_dict()}, check=lambda cell: check_request(state.catalog, cell))
     return "sweep", spec

@@ -1,6 +1,6 @@
 """What each kind of job is: how a request over HTTP becomes the job's spec (checked before it is queued),
 and how the worker runs it. One class per kind, each calling the same library function as the CLI:
-`Engine.generate`, `run_sweep`, `train_lora`.
+`Engine.generate`, `run_sweep`, `explore`, `train_lora`.
 
 A job runs again after a server restart: a generation from the start with the seeds drawn when it was
 queued; a sweep resumes in its folder (the cells finished are kept); a training run resumes from its
@@ -130,6 +130,40 @@ class SweepTask:
         return Outcome("done", payload)
 
 
+class ExploreTask:
+    """`{"request": {...}, "count": 16}`: `count` seeds of one prompt (seed, seed+1, ...) and their contact
+    sheet, as `hayai explore`; a seed worth keeping is then refined as a plain generation."""
+
+    kind = "explore"
+
+    @staticmethod
+    def spec(explore: dict) -> dict:
+        from hayai.sweep.explore import MAX_EXPLORE
+
+        request = with_seed(GenerationRequest.from_dict(explore["request"]))
+        count = explore.get("count", 16)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_EXPLORE:
+            raise RequestError(f"explore: count={count!r} must be a whole number from 1 to {MAX_EXPLORE}")
+        if count % request.batch_size:
+            raise RequestError(f"explore: count={count} must be a multiple of batch_size={request.batch_size}")
+        return {"request": request.to_dict(), "count": count}
+
+    def run(self, spec: dict, attempts: int, job_id: str, api: str, options: dict, ctx: Context) -> Outcome:
+        from hayai.sweep.explore import explore
+
+        request = GenerationRequest.from_dict(spec["request"])
+        result = explore(ctx.engine, request, spec["count"], progress=lambda event: ctx.live.on_progress(ctx.job, event),
+                         cancel=ctx.job.cancel)
+        if ctx.stopping.is_set() and result.result.interrupted:
+            return Outcome("interrupted", requeue=True)
+        payload = result.to_dict()
+        for entry, image in zip(payload["images"], result.result.images):
+            entry["infotext"] = image.infotext
+        payload["files"] = [payload["contact_sheet"]] if payload["contact_sheet"] else []
+        interrupted = result.result.interrupted
+        return Outcome("interrupted" if interrupted else "done", payload, "interrupted" if interrupted else None)
+
+
 class TrainTask:
     """`{"dataset": NAME, ...TrainConfig fields, "resume": false}`: the dataset is a folder in
     `$HAYAI_HOME/datasets`; `resume` continues the run folder's latest checkpoint (as `hayai train lora --resume`)."""
@@ -188,4 +222,4 @@ class TrainTask:
         return Outcome("done", payload)
 
 
-TASKS = {task.kind: task for task in (GenerateTask(), SweepTask(), TrainTask())}
+TASKS = {task.kind: task for task in (GenerateTask(), SweepTask(), ExploreTask(), TrainTask())}

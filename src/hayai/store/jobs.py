@@ -28,7 +28,7 @@ __all__ = ["Job", "JOB_KINDS", "JOB_STATUSES", "FINISHED_JOB_STATUSES", "Idempot
 FINISHED_JOB_STATUSES = ("done", "error", "interrupted", "cancelled")
 JOB_STATUSES = ("queued", "running", *FINISHED_JOB_STATUSES)
 
-JOB_KINDS = ("generate", "sweep", "train")
+JOB_KINDS = ("generate", "sweep", "explore", "train")
 
 _COLUMNS = ("id, kind, api, status, priority, request, options, idempotency_key, created_at, started_at, finished_at, "
             "attempts, run_id, result, error, seq")

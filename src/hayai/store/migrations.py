@@ -103,7 +103,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE jobs (
         seq             INTEGER PRIMARY KEY,          -- submission order (FIFO within a priority)
         id              TEXT NOT NULL UNIQUE,         -- the job id clients see (32 hex digits)
-        kind            TEXT NOT NULL,                -- 'generate', 'sweep' or 'train'
+        kind            TEXT NOT NULL,                -- 'generate', 'sweep', 'explore' or 'train'
         api             TEXT NOT NULL,                -- 'hayai', 'ui' (asynchronous) or 'a1111' (a client waits)
         status          TEXT NOT NULL,                -- 'queued', 'running', 'done', 'error', 'interrupted', 'cancelled'
         priority        INTEGER NOT NULL DEFAULT 0,   -- higher runs first

@@ -30,15 +30,19 @@ class ExploreResult:
         return {**self.result.to_dict(), "contact_sheet": str(self.contact_sheet) if self.contact_sheet else None}
 
 
-def explore(engine, request: GenerationRequest, count: int, *, progress=None, save: bool = True) -> ExploreResult:
-    """`count` images of `request`'s prompt with seeds seed, seed+1, ...; batches of `request.batch_size`."""
+def explore(engine, request: GenerationRequest, count: int, *, progress=None, save: bool = True,
+            cancel=None) -> ExploreResult:
+    """`count` images of `request`'s prompt with seeds seed, seed+1, ...; batches of `request.batch_size`.
+    `cancel` (a `CancelToken`) stops it at the next step, keeping the images finished (the sheet shows them)."""
+    from hayai.generation.options import RunOptions
+
     if not 1 <= count <= MAX_EXPLORE:
         raise RequestError(f"count={count} must be between 1 and {MAX_EXPLORE}")
     if count % request.batch_size:
         raise RequestError(f"count={count} must be a multiple of batch_size={request.batch_size} "
                            f"(try {count - count % request.batch_size or request.batch_size})")
     request = dataclasses.replace(request, batch_count=count // request.batch_size)
-    result = engine.generate(request, progress=progress, save=save)
+    result = engine.generate(request, RunOptions(cancel=cancel), progress=progress, save=save)
     sheet = None
     if save and result.images:
         from hayai.generation.imagefile import unique_path

@@ -23,6 +23,7 @@ MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"
 def build_blocks(state):
     import gradio as gr
 
+    from hayai.server.ui.explore import ExplorePage, refined
     from hayai.server.ui.generate import GeneratePage
     from hayai.server.ui.history import HistoryPage
     from hayai.server.ui.images import ImagesPage
@@ -38,6 +39,8 @@ def build_blocks(state):
                 images = ImagesPage(state)
             with gr.Tab("Sweep", id="sweep", elem_id="tab_sweep"):
                 SweepPage(state)
+            with gr.Tab("Explore", id="explore", elem_id="tab_explore"):
+                explore = ExplorePage(state)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 TrainPage(state, lora_picker=generate.lora)
             with gr.Tab("Queue", id="queue", elem_id="tab_queue"):
@@ -47,6 +50,9 @@ def build_blocks(state):
         generate.to_inpaint.click(lambda path: ({"background": path, "layers": [], "composite": path},
                                                 gr.Tabs(selected="images")) if path else (gr.update(), gr.update()),
                                   inputs=generate.selected, outputs=[images.editor, tabs])
+        explore.refine.click(lambda request, seed: [*generate._reuse(refined(request, seed)),
+                                                    gr.Tabs(selected="generate") if seed is not None else gr.update()],
+                             inputs=[explore.request, explore.picked], outputs=[*generate.components.values(), tabs])
         history_tab.select(history.load, inputs=history.search, outputs=[history.gallery, history.runs])
     return blocks
 

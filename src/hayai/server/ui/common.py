@@ -33,10 +33,10 @@ def png_b64(image) -> str:
 def submit_body(state, body: dict):
     """Queue the job `body` asks for (a `POST /hayai/v1/jobs` body: one of request, sweep, train); the job."""
     from hayai.server.app import submit
-    from hayai.server.hayai_api import JobSubmission, job_spec
+    from hayai.server.hayai_api import JOB_BODIES, JobSubmission, job_spec
 
     submission = JobSubmission.model_validate(body)
-    given = next(name for name in ("request", "sweep", "train") if getattr(submission, name) is not None)
+    given = next(name for name in JOB_BODIES if getattr(submission, name) is not None)
     kind, spec = job_spec(state, given, submission)
     job, _ = submit(state, kind, spec, api="ui", options={"save": True, "strategy": submission.strategy},
                     submitted=submission.model_dump(mode="json", exclude_unset=True), priority=submission.priority)
