@@ -17,7 +17,7 @@ from pathlib import Path
 from hayai.lora.formats import DENOISER, LayerWeights, a1111_lora_hash, lora_hashes, read_lora_file, split_layers
 from hayai.models.families import Family
 
-__all__ = ["LoraInfo", "detect_lora_family", "inspect_lora", "trigger_words"]
+__all__ = ["LoraInfo", "detect_lora_family", "family_from_metadata", "inspect_lora", "trigger_words"]
 
 _TRAINING_KEYS = (
     "ss_output_name", "ss_sd_model_name", "ss_base_model_version", "ss_v2", "ss_network_module", "ss_network_dim",
@@ -66,7 +66,7 @@ class LoraInfo:
         }
 
 
-def _family_from_metadata(metadata: dict[str, str]) -> Family | None:
+def family_from_metadata(metadata: dict[str, str]) -> Family | None:
     version = metadata.get("ss_base_model_version", "")
     if version.startswith("sdxl"):
         return Family.SDXL
@@ -87,7 +87,7 @@ def _family_from_metadata(metadata: dict[str, str]) -> Family | None:
 
 def detect_lora_family(layers: list[LayerWeights], metadata: dict[str, str]) -> tuple[Family | None, str | None]:
     """(family, how it was told) for a LoRA's layers and header metadata."""
-    family = _family_from_metadata(metadata)
+    family = family_from_metadata(metadata)
     if family is not None:
         return family, "metadata"
     names = [layer.module for layer in layers]

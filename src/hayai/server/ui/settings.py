@@ -59,11 +59,14 @@ def lora_info(state, name: str | None) -> str:
 
     for row in loras(state.store):
         if row["name"] == name:
+            from hayai.lora.inspect import family_from_metadata, trigger_words
+
             meta = row["metadata"]
-            base = meta.get("ss_base_model_version") or meta.get("hayai_family") or meta.get("ss_sd_model_name") or "?"
-            trigger = meta.get("hayai_trigger_word") or meta.get("ss_trigger_word") or meta.get("ss_tag_frequency", "")
+            family = family_from_metadata(meta)
+            base = family.value if family else (meta.get("ss_base_model_version") or meta.get("ss_sd_model_name") or "?")
+            words = trigger_words(meta, limit=6)  # what `hayai lora info` shows: folder classes, frequent tags
             return f"**{html.escape(name)}** · base: {html.escape(str(base))}" + (
-                f" · trigger words: {html.escape(str(trigger)[:80])}" if trigger else "")
+                f" · trigger words: {html.escape(', '.join(words))}" if words else "")
     return ""
 
 
