@@ -95,6 +95,18 @@ def _auth_from(args) -> tuple[str, str] | None:
     return None
 
 
+def shapes_dataset(home: Path, name: str = "shapes", count: int = 6) -> Path:
+    """A tiny captioned training dataset (the demo world's shapes) where a train job may name it."""
+    from hayai.demo.shapes import samples
+
+    folder = Path(home) / "datasets" / name
+    folder.mkdir(parents=True)
+    for i, (_, caption, image) in enumerate(samples(5, count)):
+        image.save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(caption)
+    return folder
+
+
 def png_b64(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -8,18 +8,13 @@ import json
 import pytest
 import requests
 
-from hayai.demo.shapes import samples
-from server_process import ServerProcess, wait_job
+from server_process import ServerProcess, shapes_dataset, wait_job
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("tasks") / "home"
-    dataset = home / "datasets" / "shapes"
-    dataset.mkdir(parents=True)
-    for i, (_, caption, image) in enumerate(samples(5, 6)):
-        image.save(dataset / f"{i:02d}.png")
-        (dataset / f"{i:02d}.txt").write_text(caption)
+    shapes_dataset(home)
     with ServerProcess(home) as process:
         yield process
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from server_process import ServerProcess
-from ui_browser import PHONE, Browser, open_tab, require_browser, shot
+from ui_browser import PHONE, offline_browser, open_tab, require_browser, shot
 
 RUN_S = 240_000  # ms: a job on a loaded 2-core machine
 
@@ -22,10 +22,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    browser = Browser()
-    yield browser
-    browser.close()
-    assert browser.outside() == [], f"the UI fetched from beyond this machine: {browser.outside()[:5]}"
+    with offline_browser() as browser:
+        yield browser
 
 
 def _generate(page, prompt: str, steps: int) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hayai.demo.shapes import samples
-from server_process import ServerProcess, wait_job
-from ui_browser import Browser, open_tab, require_browser, shot
+from server_process import ServerProcess, shapes_dataset, wait_job
+from ui_browser import offline_browser, open_tab, require_browser, shot
 
 RUN_S = 300_000
 
@@ -17,20 +16,14 @@ RUN_S = 300_000
 def home(tmp_path_factory):
     require_browser()
     home = tmp_path_factory.mktemp("ui-train") / "home"
-    dataset = home / "datasets" / "shapes"
-    dataset.mkdir(parents=True)
-    for i, (_, caption, image) in enumerate(samples(5, 6)):
-        image.save(dataset / f"{i:02d}.png")
-        (dataset / f"{i:02d}.txt").write_text(caption)
+    shapes_dataset(home)
     return home
 
 
 @pytest.fixture(scope="module")
 def browser(home):
-    browser = Browser()
-    yield browser
-    browser.close()
-    assert browser.outside() == [], f"the UI fetched from beyond this machine: {browser.outside()[:5]}"
+    with offline_browser() as browser:
+        yield browser
 
 
 def _fill(page, selector: str, value) -> None:

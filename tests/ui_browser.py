@@ -4,6 +4,8 @@ page makes is recorded, so a test can assert that nothing left 127.0.0.1 (the UI
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import tempfile
 from pathlib import Path
@@ -55,6 +57,17 @@ class Browser:
     def close(self) -> None:
         self.browser.close()
         self._playwright.stop()
+
+
+@contextlib.contextmanager
+def offline_browser():
+    """A Browser for a test module; at the end, fails if any page fetched from beyond this machine."""
+    browser = Browser()
+    try:
+        yield browser
+    finally:
+        browser.close()
+    assert browser.outside() == [], f"the UI fetched from beyond this machine: {browser.outside()[:5]}"
 
 
 def shot(page, name: str, full_page: bool = False) -> Path:

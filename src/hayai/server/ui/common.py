@@ -14,7 +14,7 @@ import io
 import time
 from types import SimpleNamespace
 
-__all__ = ["as_request", "submit_body", "follow", "progress_html", "eta_seconds", "route_error", "png_b64"]
+__all__ = ["as_request", "submit_body", "interrupt", "follow", "progress_html", "eta_seconds", "route_error", "png_b64"]
 
 POLL_S = 0.25
 
@@ -41,6 +41,18 @@ def submit_body(state, body: dict):
     job, _ = submit(state, kind, spec, api="ui", options={"save": True, "strategy": submission.strategy},
                     submitted=submission.model_dump(mode="json", exclude_unset=True), priority=submission.priority)
     return job
+
+
+def interrupt(state, job_id: str | None, *, skip: bool = False, or_current: bool = False) -> None:
+    """As `DELETE /hayai/v1/jobs/{id}` (stop the job at its next step) or, with `skip`, A1111's /skip; with
+    `or_current` and no job of the page's own, the running job (A1111's Interrupt button)."""
+    live = state.live.get(job_id) if job_id else (state.live.current if or_current else None)
+    if live is None or live.finished.is_set():
+        return
+    if skip:
+        live.cancel.skip()
+    else:
+        live.cancel.interrupt()
 
 
 def route_error(error: Exception) -> str:

@@ -50,7 +50,7 @@ class ExplorePage:
         outs = [self.progress, self.sheet, self.tiles, self.job, self.request, self.seeds]
         self.run.click(self._run, inputs={self.count, *self.components.values()}, outputs=outs, show_progress="hidden",
                        concurrency_limit=None)
-        self.stop.click(lambda job: _interrupt(state, job), inputs=self.job, concurrency_limit=None)
+        self.stop.click(lambda job: common.interrupt(state, job), inputs=self.job, concurrency_limit=None)
         self.tiles.select(_pick, inputs=self.seeds, outputs=[self.picked, self.picked_text])
 
     def _run(self, values: dict):
@@ -78,8 +78,3 @@ def _pick(seeds: list, evt: gr.SelectData):
         return None, "pick a seed above"
     return seeds[evt.index], f"seed **{seeds[evt.index]}**: Refine makes it again alone, with the settings you give it"
 
-
-def _interrupt(state, job_id) -> None:
-    live = state.live.get(job_id) if job_id else None
-    if live is not None:
-        live.cancel.interrupt()

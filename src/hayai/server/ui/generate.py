@@ -49,17 +49,6 @@ def run_generation(state, body: dict, outputs):
            selected: images[0][0] if images else None}  # what "send to inpaint" sends until another is clicked
 
 
-def interrupt(state, job_id, skip: bool = False) -> None:
-    """As `DELETE /hayai/v1/jobs/{id}` (interrupt at the next step) or A1111's /skip."""
-    live = state.live.get(job_id) if job_id else state.live.current
-    if live is None or live.finished.is_set():
-        return
-    if skip:
-        live.cancel.skip()
-    else:
-        live.cancel.interrupt()
-
-
 class GeneratePage:
     def __init__(self, state) -> None:
         self.state = state
@@ -129,8 +118,9 @@ class GeneratePage:
                 self.selected)
         self.generate.click(lambda values: (yield from run_generation(state, {"request": self.fields(values)}, outs)),
                             inputs=inputs, outputs=list(outs), show_progress="hidden", concurrency_limit=None)
-        self.stop.click(lambda job: interrupt(state, job), inputs=self.job, concurrency_limit=None)
-        self.skip.click(lambda job: interrupt(state, job, skip=True), inputs=self.job, concurrency_limit=None)
+        self.stop.click(lambda job: common.interrupt(state, job, or_current=True), inputs=self.job, concurrency_limit=None)
+        self.skip.click(lambda job: common.interrupt(state, job, skip=True, or_current=True), inputs=self.job,
+                        concurrency_limit=None)
         self.plan_button.click(lambda values: self._plan(values), inputs=inputs, outputs=self.plan)
         self.gallery.select(_selected_path, outputs=self.selected)
         self.reuse.click(self._reuse, inputs=self.last_request, outputs=list(self.components.values()))

@@ -8,7 +8,7 @@ import gradio as gr
 
 from hayai.server.ui import common
 from hayai.server.ui.fields import control
-from hayai.server.ui.generate import interrupt, run_generation
+from hayai.server.ui.generate import run_generation
 from hayai.server.ui.settings import Settings, fields_from
 
 __all__ = ["ImagesPage", "mask_from_layers"]
@@ -73,7 +73,7 @@ class ImagesPage:
         self.run.click(lambda values: (yield from run_generation(state, self._body(values), outs)),
                        inputs={self.editor, *self.components.values()}, outputs=list(outs), show_progress="hidden",
                        concurrency_limit=None)
-        self.stop.click(lambda job: interrupt(state, job), inputs=self.job, concurrency_limit=None)
+        self.stop.click(lambda job: common.interrupt(state, job, or_current=True), inputs=self.job, concurrency_limit=None)
 
     def _body(self, values: dict) -> dict:
         fields = fields_from(self.components, values)

@@ -57,7 +57,7 @@ class SweepPage:
         outs = [self.progress, self.grids, self.table, self.folder, self.job]
         self.run.click(self._run, inputs={self.x, self.y, self.z, *self.components.values()}, outputs=outs,
                        show_progress="hidden", concurrency_limit=None)
-        self.stop.click(lambda job: _interrupt(state, job), inputs=self.job, concurrency_limit=None)
+        self.stop.click(lambda job: common.interrupt(state, job), inputs=self.job, concurrency_limit=None)
 
     def _run(self, values: dict):
         state = self.state
@@ -80,8 +80,3 @@ class SweepPage:
                self.folder: f"folder: `{result.get('folder', '')}` · cells run {result.get('ran')}, "
                             f"resumed {result.get('resumed')}" if result else ""}
 
-
-def _interrupt(state, job_id) -> None:
-    live = state.live.get(job_id) if job_id else None
-    if live is not None:
-        live.cancel.interrupt()

@@ -102,7 +102,7 @@ class TrainPage:
             outs.append(lora_picker)
         self.start.click(self._run, inputs={self.dataset, self.resume, *self.controls.values()}, outputs=outs,
                          show_progress="hidden", concurrency_limit=None)
-        self.stop.click(lambda job: _interrupt(state, job), inputs=self.job, concurrency_limit=None)
+        self.stop.click(lambda job: common.interrupt(state, job), inputs=self.job, concurrency_limit=None)
 
     def _body(self, values: dict) -> dict:
         train = {"dataset": values.get(self.dataset) or "", "resume": bool(values.get(self.resume))}
@@ -143,8 +143,3 @@ class TrainPage:
             final[self.lora_picker] = gr.Dropdown(choices=lora_choices(state))
         yield final
 
-
-def _interrupt(state, job_id) -> None:
-    live = state.live.get(job_id) if job_id else None
-    if live is not None:
-        live.cancel.interrupt()
