@@ -42,7 +42,7 @@ def test_type_a_prompt_generate_and_see_the_image_its_infotext_and_timings(serve
     assert _value(page, "#model input") == "hayai-shapes"
     prompt = "a small red circle at the top left on a white background"  # what the demo model draws well
     page.locator("#prompt textarea").press_sequentially(prompt)
-    page.wait_for_function("document.querySelector('#prompt_tokens').innerText.includes('tokens')")
+    page.wait_for_function("document.querySelector('#prompt_tokens')?.innerText.includes('tokens')")
     assert "CLIP" in page.locator("#prompt_tokens").inner_text()
     page.locator("#plan").click()
     page.wait_for_function("document.querySelector('#plan_table')?.innerText.includes('chosen')")
@@ -50,7 +50,7 @@ def test_type_a_prompt_generate_and_see_the_image_its_infotext_and_timings(serve
     page.locator("#steps input").fill("12")
     page.locator("#seed input").fill("7")
     page.locator("#generate").click()
-    page.wait_for_function("document.querySelector('#infotext textarea').value.includes('Seed: 7')", timeout=RUN_S)
+    page.wait_for_function("document.querySelector('#infotext textarea')?.value.includes('Seed: 7')", timeout=RUN_S)
     infotext = _value(page, "#infotext textarea")
     assert infotext.startswith(prompt + "\n") and "Steps: 12" in infotext and "Model: hayai-shapes" in infotext
     assert page.locator("#gallery img").count() >= 1
@@ -60,13 +60,13 @@ def test_type_a_prompt_generate_and_see_the_image_its_infotext_and_timings(serve
     assert "done" in page.locator("#progress").inner_text()
     shot(page, "generate-desktop")
     page.locator("#seed_random").click()
-    page.wait_for_function("document.querySelector('#seed input').value === '-1'")
+    page.wait_for_function("document.querySelector('#seed input')?.value === '-1'")
     page.locator("#seed_reuse").click()
-    page.wait_for_function("document.querySelector('#seed input').value === '7'")
+    page.wait_for_function("document.querySelector('#seed input')?.value === '7'")
 
     phone = browser.page(server.url, PHONE)
     phone.locator("#prompt textarea").press_sequentially("a blue square")
-    phone.wait_for_function("document.querySelector('#prompt_tokens').innerText.includes('tokens')")
+    phone.wait_for_function("document.querySelector('#prompt_tokens')?.innerText.includes('tokens')")
     shot(phone, "generate-phone")
     phone.locator("#generate").scroll_into_view_if_needed()
     assert phone.locator("#generate").is_visible()
@@ -78,10 +78,10 @@ def test_type_a_prompt_generate_and_see_the_image_its_infotext_and_timings(serve
 def test_interrupt_stops_a_long_run_at_its_next_step(server, browser):
     page = browser.page(server.url)
     _generate(page, "a long run", 1000)
-    page.wait_for_function("document.querySelector('#progress').innerText.includes('ETA')", timeout=RUN_S)
+    page.wait_for_function("document.querySelector('#progress')?.innerText.includes('ETA')", timeout=RUN_S)
     shot(page, "generate-running")
     page.locator("#interrupt").click()
-    page.wait_for_function("document.querySelector('#progress').innerText.includes('interrupted')", timeout=RUN_S)
+    page.wait_for_function("document.querySelector('#progress')?.innerText.includes('interrupted')", timeout=RUN_S)
     jobs = server.get("/hayai/v1/jobs?limit=1").json()
     assert jobs[0]["status"] == "interrupted" and jobs[0]["request"]["steps"] == 1000
     page.close()
@@ -90,7 +90,7 @@ def test_interrupt_stops_a_long_run_at_its_next_step(server, browser):
 def test_paint_a_mask_and_inpaint(server, browser):
     page = browser.page(server.url)
     _generate(page, "a green triangle", 3)
-    page.wait_for_function("document.querySelector('#infotext textarea').value.includes('Steps')", timeout=RUN_S)
+    page.wait_for_function("document.querySelector('#infotext textarea')?.value.includes('Steps')", timeout=RUN_S)
     page.locator("#send_to_inpaint").click()
     page.wait_for_function("document.querySelector('#inpaint_editor canvas')")
     page.wait_for_timeout(1500)  # the editor loads the image into its canvas
@@ -104,7 +104,7 @@ def test_paint_a_mask_and_inpaint(server, browser):
     page.locator("#i2i_prompt textarea").fill("a blue square")
     page.locator("#i2i_steps input").fill("3")
     page.locator("#i2i_generate").click()
-    page.wait_for_function("document.querySelector('#i2i_infotext textarea').value.includes('Steps')", timeout=RUN_S)
+    page.wait_for_function("document.querySelector('#i2i_infotext textarea')?.value.includes('Steps')", timeout=RUN_S)
     infotext = _value(page, "#i2i_infotext textarea")
     assert "Denoising strength: 0.75" in infotext and "Mask blur" in infotext  # a masked (inpaint) run
     job = server.get("/hayai/v1/jobs?limit=1").json()[0]
@@ -143,10 +143,10 @@ def test_explore_many_seeds_then_refine_one_in_generate(server, browser):
     assert page.locator("#explore_sheet img").count() == 1  # the contact sheet, labelled with the seeds
     page.wait_for_function("[...document.querySelectorAll('#explore_tiles img')].every(i => i.complete)")
     page.locator("#explore_tiles img").nth(2).click()
-    page.wait_for_function("document.querySelector('#explore_picked').innerText.includes('42')")
+    page.wait_for_function("document.querySelector('#explore_picked')?.innerText.includes('42')")
     shot(page, "explore-desktop")
     page.locator("#explore_refine").click()
-    page.wait_for_function("document.querySelector('#seed input').value === '42'")
+    page.wait_for_function("document.querySelector('#seed input')?.value === '42'")
     assert _value(page, "#prompt textarea").startswith("a small blue square")
     assert _value(page, "#batch_count input") == "1"
     page.close()
@@ -157,7 +157,7 @@ def test_the_queue_page_lists_the_jobs_and_cancels_a_queued_one(server, browser)
     queued = server.post("/hayai/v1/jobs", {"request": {"prompt": "waiting", "steps": 2, "seed": 1}}).json()
     page = browser.page(server.url)
     open_tab(page, "Queue")
-    page.wait_for_function(f"document.querySelector('#queue_table').innerText.includes('{queued['id']}')")
+    page.wait_for_function(f"document.querySelector('#queue_table')?.innerText.includes('{queued['id']}')")
     text = page.locator("#queue_table").inner_text()
     assert "running" in text and "queued" in text and "a red circle" in text
     page.locator("#queue_job_id textarea, #queue_job_id input").first.fill(queued["id"])

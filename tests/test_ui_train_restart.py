@@ -65,7 +65,7 @@ def test_train_a_tiny_lora_see_the_loss_chart_then_restart_and_find_queue_and_hi
     try:
         page = browser.page(server.url)
         open_tab(page, "Queue")
-        page.wait_for_function(f"document.querySelector('#queue_table').innerText.includes('{queued['id']}')")
+        page.wait_for_function(f"document.querySelector('#queue_table')?.innerText.includes('{queued['id']}')")
         table = page.locator("#queue_table").inner_text()
         assert running["id"] in table and made["id"] in table and "ui-lora" in table
         shot(page, "queue-after-restart")
@@ -76,11 +76,11 @@ def test_train_a_tiny_lora_see_the_loss_chart_then_restart_and_find_queue_and_hi
         page.wait_for_function("document.querySelectorAll('#history_gallery img').length === 1")
         page.wait_for_function("[...document.querySelectorAll('#history_gallery img')].every(i => i.complete)")
         page.locator("#history_gallery img").first.click()
-        page.wait_for_function("document.querySelector('#history_settings').innerText.includes('yellow star')")
+        page.wait_for_function("document.querySelector('#history_settings')?.innerText.includes('yellow star')")
         assert '"seed": 3' in page.locator("#history_settings").inner_text()
         shot(page, "history-desktop")
         page.locator("#history_trash").click()
-        page.wait_for_function("document.querySelector('#history_settings').innerText.includes('moved 1 image')")
+        page.wait_for_function("document.querySelector('#history_settings')?.innerText.includes('moved 1 image')")
         assert page.locator("#history_gallery img").count() == 0
         assert len(list((home / "trash").glob("run-*/*.png"))) == 1  # moved, not deleted
         for job in (queued, running):
