@@ -46,10 +46,12 @@ def test_a_web_page_from_another_origin_is_refused_unless_allowed(server):
     assert same.status_code == 200 and "access-control-allow-origin" not in same.headers
     allowed = server.get("/sdapi/v1/progress", auth=AUTH, headers={"Origin": "http://localhost:3000"})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
-    preflight = requests.options(f"{server.url}/sdapi/v1/txt2img", timeout=30, auth=AUTH, headers={
+    preflight = requests.options(f"{server.url}/sdapi/v1/txt2img", timeout=30, headers={  # no credentials, as browsers
         "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"})
     assert preflight.status_code == 204 and "POST" in preflight.headers["access-control-allow-methods"]
+    assert requests.options(f"{server.url}/sdapi/v1/txt2img", timeout=30, headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}).status_code == 403
 
 
 def test_request_bodies_are_capped(server):

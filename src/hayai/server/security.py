@@ -63,13 +63,13 @@ class Guard:
                                             f"--cors-allow {origin} to allow that page")
         if origin == "null":
             return await _refuse(send, 403, "Origin 'null' (a sandboxed page or a local file) may not call this server")
+        if scope["type"] == "http" and scope.get("method") == "OPTIONS" and origin and self._cross_allowed(origin):
+            return await _preflight(send, origin, headers)  # browsers send a preflight without credentials
         if self.auth and not self._authorized(headers.get("authorization", "")):
             return await _refuse(send, 401, "Not authenticated", {"www-authenticate": 'Basic realm="hayai"'})
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await _refuse(send, 413, f"request body larger than {self.max_body_bytes // (1024 * 1024)} MB")
-        if scope["type"] == "http" and scope.get("method") == "OPTIONS" and origin and self._cross_allowed(origin):
-            return await _preflight(send, origin, headers)
         if scope["type"] == "http" and length is None:
             receive = await self._buffered(receive)
             if receive is None:
@@ -122,7 +122,7 @@ class Guard:
         async def cors(message):
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"access-control-allow-origin", origin.encode()),
-                                      (b"vary", b"Origin")]
+                                      (b"access-control-allow-credentials", b"true"), (b"vary", b"Origin")]
             await send(message)
         return cors
 
@@ -153,7 +153,8 @@ def _websocket_refusal(send):
 
 
 async def _preflight(send, origin: str, headers: dict) -> None:
-    allow = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"),
+    allow = [(b"access-control-allow-origin", origin.encode()), (b"access-control-allow-credentials", b"true"),
+             (b"vary", b"Origin"),
              (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
              (b"access-control-allow-headers", headers.get("access-control-request-headers", "*").encode()),
              (b"access-control-max-age", b"600"), (b"content-length", b"0")]
