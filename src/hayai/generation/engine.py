@@ -37,6 +37,7 @@ from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
 from hayai.models.card import recommended_settings
 from hayai.models.catalog import Catalog, is_placeholder, source_hash
+from hayai.models.components import denoiser_of
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
@@ -410,7 +411,7 @@ class Engine:
 
 def _on_meta(pipe) -> bool:
     """Whether a pipeline's weights are still on the meta device (an architecture not yet placed)."""
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    denoiser = denoiser_of(pipe)
     return next(denoiser.parameters()).device.type == "meta"
 
 

@@ -14,6 +14,7 @@ from hayai.generation.finite import check_finite, finite_decoder_hook
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import ProgressEvent
 from hayai.memory.apply import is_out_of_memory, without_text_encoders
+from hayai.models.components import denoiser_of
 from hayai.models.families import Family
 
 __all__ = ["pipeline_kwargs", "run_batch", "OutOfMemoryInPhase"]
@@ -54,10 +55,6 @@ def _encoders(pipe) -> list:
     return [m for m in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")) if m is not None]
 
 
-def _denoiser(pipe):
-    return getattr(pipe, "unet", None) or pipe.transformer
-
-
 def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int], *, timer, emit, batch: int,
               total_steps: int, encode_on: str | None = None, extra: dict | None = None, output_type: str = "pil",
               done_steps: int | None = None, cancel=None, drop: tuple[str, ...] = ()):
@@ -89,7 +86,7 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
         return hook
 
     # prepended: the phase is known before any other hook (or the module itself) can fail
-    handles = [_denoiser(pipe).register_forward_pre_hook(entering("denoise"), prepend=True),
+    handles = [denoiser_of(pipe).register_forward_pre_hook(entering("denoise"), prepend=True),
                pipe.vae.decoder.register_forward_pre_hook(entering("vae_decode"), prepend=True),
                pipe.vae.encoder.register_forward_pre_hook(entering("vae_encode"), prepend=True),
                pipe.vae.decoder.register_forward_hook(finite_decoder_hook)]  # retries in float32, or raises
@@ -103,7 +100,7 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
             embeds, schedule[0] = prompt_kwargs(pipe, family, request.prompt, request.negative_prompt, request.clip_skip,
                                                 steps=request.steps, images=len(seeds), device=encode_on)
             if encode_on is not None:  # hand the embeddings to the denoiser's device and dtype
-                target = _denoiser(pipe)
+                target = denoiser_of(pipe)
                 embeds = {k: v.to(target.device, target.dtype) if hasattr(v, "to") else v for k, v in embeds.items()}
             if cancel is not None:
                 cancel.check()

@@ -49,11 +49,11 @@ def expected_bytes(source, dtype: str) -> int:
     """What loading `source` in `dtype` will take, before loading it: the parameter counts of its configs
     (folders, architectures) or the size of its file (single files)."""
     from hayai.memory.costs import weight_bytes
-    from hayai.memory.facts import facts_for_architecture, facts_from_folder
+    from hayai.memory.facts import facts_for_source
 
     if source.kind == "single_file":
         return source.path.stat().st_size
-    facts = facts_for_architecture(source.name.split(":", 1)[1]) if source.kind == "architecture" else facts_from_folder(source.path)
+    facts, _ = facts_for_source(source)
     return weight_bytes(sum(c.params + c.buffers for c in facts.components), dtype)
 
 
@@ -161,7 +161,7 @@ class ResidentModels:
     def _evict(self, over: Callable[[int], bool], keep=None) -> list[str]:
         """Evict least recently used models (never `keep` or one in use) while `over(used bytes)`."""
         with self._lock:
-            used = sum(entry.bytes for entry in self._entries.values())
+            used = self.used_bytes
             chosen = []
             for source, entry in self._entries.items():
                 if not over(used):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from hayai.errors import ModelError
 from hayai.lora.formats import DENOISER, LayerWeights, LoraError
+from hayai.models.components import denoiser_name
 from hayai.models.families import Family
 from hayai.models.single_file import original_unet_name, unet_names_to_original
 
@@ -51,7 +52,7 @@ class ModuleIndex:
     def __init__(self, pipe, family: Family) -> None:
         self.pipe = pipe
         self.family = Family(family)
-        self.denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        self.denoiser = denoiser_name(pipe)
         names = (self.denoiser, *_TEXT_COMPONENTS)
         self.components = {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
         self._paths: dict[str, dict[str, str]] = {}

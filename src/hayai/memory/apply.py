@@ -14,13 +14,10 @@ import gc
 from dataclasses import fields, is_dataclass
 
 from hayai.memory.strategies import VAE_TILE_PX, Strategy
+from hayai.models.components import denoiser_of
 
 __all__ = ["apply_strategy", "return_to_host", "is_out_of_memory", "free_memory", "split_denoiser_batch",
            "encode_device", "without_text_encoders"]
-
-
-def _denoiser(pipe):
-    return getattr(pipe, "unet", None) or pipe.transformer
 
 
 def _text_encoders(pipe):
@@ -39,7 +36,7 @@ def apply_strategy(pipe, strategy: Strategy):
     dtype = getattr(torch, strategy.dtype)
     device = torch.device(strategy.device)
     placement = strategy.placement
-    denoiser = _denoiser(pipe)
+    denoiser = denoiser_of(pipe)
     encoders = _text_encoders(pipe)
     host_encoders = placement in ("te_offload", "te_cpu")
     for module in _modules(pipe):
@@ -118,7 +115,7 @@ def _group_offload(pipe, device) -> None:
     from diffusers.hooks import apply_group_offloading
 
     stream = device.type == "cuda"
-    denoiser = _denoiser(pipe)
+    denoiser = denoiser_of(pipe)
     for module in [*_text_encoders(pipe), denoiser, pipe.vae]:
         level = "block_level" if module is denoiser else "leaf_level"
         apply_group_offloading(module, onload_device=device, offload_type=level,

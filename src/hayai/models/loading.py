@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hayai.errors import ModelError, ModelNotFoundError, UnsafeCheckpointError, damaged_safetensors
+from hayai.models.components import denoiser_of
 from hayai.models.headers import safetensors_header
 from hayai.models.families import FAMILY_INFO, Family, detect_family_from_folder, detect_family_from_keys
 
@@ -209,7 +210,7 @@ def native_side(source: ModelSource) -> int:
 
 def native_size(pipe) -> tuple[int, int]:
     """The (width, height) a pipeline generates by default: its denoiser's sample size x VAE factor."""
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    denoiser = denoiser_of(pipe)
     sample = denoiser.config.sample_size
     side = (sample if isinstance(sample, int) else sample[0]) * pipe.vae_scale_factor
     return side, side

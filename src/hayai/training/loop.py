@@ -34,6 +34,7 @@ import torch
 from hayai.dataset import load_manifest
 from hayai.dataset.prepare import MANIFEST
 from hayai.errors import RequestError
+from hayai.models.components import denoiser_of
 from hayai.store.recording import recorded_run
 from hayai.hardware import cap_memory, parse_size
 from hayai.models.families import Family
@@ -183,7 +184,7 @@ def _prepare_model(pipe, config: TrainConfig, family: Family, device: torch.devi
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
             module.eval()
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    denoiser = denoiser_of(pipe)
     denoiser.to(weight_dtype)  # on the device after the caches are made (which do not need it)
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         encoder = getattr(pipe, name, None)
@@ -247,7 +248,7 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
         pipe = load_pipeline(source, torch_dtype=torch.float32)
         model_hash = source_hash(store, source)
     family = source.family
-    native = pipe.vae_scale_factor * (getattr(pipe, "unet", None) or pipe.transformer).config.sample_size
+    native = pipe.vae_scale_factor * denoiser_of(pipe).config.sample_size
     step_px = bucket_step(pipe)
     prepared = load_manifest(Path(config.dataset).expanduser()) if (Path(config.dataset).expanduser() / MANIFEST).is_file() else None
     if prepared is not None:  # a folder made by `hayai dataset prepare`: its images are already cut

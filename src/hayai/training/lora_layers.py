@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from hayai.errors import RequestError
+from hayai.models.components import denoiser_name
 from hayai.models.families import Family
 
 __all__ = [
@@ -125,7 +126,7 @@ class LoraNetwork:
     @classmethod
     def for_pipeline(cls, pipe, family: Family, *, rank: int, alpha: float, dropout: float = 0.0,
                      target_modules: tuple[str, ...] | None = None, text_encoders: bool = False) -> LoraNetwork:
-        denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        denoiser = denoiser_name(pipe)
         entries = tuple(target_modules) if target_modules else default_targets(family)
         targets = find_targets(denoiser, getattr(pipe, denoiser), entries)
         if not targets:

@@ -24,6 +24,7 @@ from hayai.errors import RequestError
 from hayai.hardware import DeviceSpec, probe
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.training import TrainingPlan, TrainingRequest, plan_training
+from hayai.models.components import denoiser_of
 from hayai.models.families import Family
 from hayai.training.config import TrainConfig, default_steps
 from hayai.training.data import Example, batches_per_epoch, encode_captions, examples_from, load_pixels
@@ -87,7 +88,7 @@ def device_spec(name: str | None, processes: Processes) -> DeviceSpec:
 
 def bucket_step(pipe) -> int:
     """Image sides must be multiples of this: the VAE's factor x the denoiser's downsampling (x patch size)."""
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    denoiser = denoiser_of(pipe)
     factor = pipe.vae_scale_factor
     if hasattr(denoiser.config, "patch_size") and denoiser.config.patch_size:
         return factor * int(denoiser.config.patch_size)
@@ -257,7 +258,7 @@ class Session:
 
     @property
     def denoiser(self):
-        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+        return denoiser_of(self.pipe)
 
     def autocast(self):
         if self.config.mixed_precision == "no":

@@ -20,6 +20,7 @@ from hayai.generation.inputs import keep_input, open_input
 from hayai.generation.kinds.base import BatchRun
 from hayai.generation.kinds.img2img import Img2Img, encode_latents
 from hayai.generation.kinds.pixels import binary_mask, blur_mask, crop_region, paste_back, prefill, resize_image
+from hayai.models.components import denoiser_of
 from hayai.models.families import Family
 
 __all__ = ["Inpaint"]
@@ -87,7 +88,7 @@ class Inpaint(Img2Img):  # its input, step count and schedule are img2img's
         from hayai.generation.execute import OutOfMemoryInPhase
         from hayai.memory.apply import is_out_of_memory
 
-        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        denoiser = denoiser_of(pipe)
         if denoiser.config.in_channels != pipe.vae.config.latent_channels:
             raise RequestError(f"masked content {content!r} needs a plain model: an inpainting model "
                                "(9-channel UNet) draws from the masked image itself; use 'original' or 'fill'")
