@@ -7,7 +7,7 @@ with status 2 (bad input) or 1 (everything else); they never show a traceback fo
 from __future__ import annotations
 
 __all__ = ["HayaiError", "RequestError", "ModelError", "ModelNotFoundError", "UnsafeCheckpointError", "DiskFullError",
-           "disk_full", "damaged_safetensors"]
+           "Interruption", "disk_full", "damaged_safetensors"]
 
 
 class HayaiError(Exception):
@@ -38,6 +38,11 @@ class UnsafeCheckpointError(ModelError):
 
 class DiskFullError(HayaiError):
     """A write failed because the disk (or the user's quota) is full."""
+
+
+class Interruption(Exception):
+    """A run stopped on purpose, not failed (`hayai.generation.options.Cancelled`): the history records it
+    as interrupted, as it does Ctrl-C."""
 
 
 def damaged_safetensors(path) -> str:

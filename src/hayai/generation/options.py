@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from hayai.errors import Interruption
 from hayai.generation.results import ProgressCallback
 
 __all__ = ["RunOptions", "CancelToken", "Cancelled"]
 
 
-class Cancelled(Exception):
+class Cancelled(Interruption):
     """Raised inside a run at the step where its token was interrupted or told to skip."""
 
     def __init__(self, how: str):

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Interruption
+
 __all__ = ["RecordedRun", "recorded_run"]
 
 
@@ -46,10 +48,7 @@ def recorded_run(store, kind: str, *, request: dict, model: str, model_hash: str
     except KeyboardInterrupt:
         run.status, run.error = "interrupted", run.error or "interrupted by the user"
         raise
-    except Exception as exc:
-        if type(exc).__name__ != "Cancelled":  # hayai.generation.options.Cancelled (not imported: the store stays light)
-            run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
-            raise
+    except Interruption:  # a cancellation token stopped it (hayai.generation.options.Cancelled)
         run.status, run.error = "interrupted", run.error or "interrupted"
         raise
     except BaseException as exc:
