@@ -22,7 +22,7 @@ from hayai import paths
 from hayai.errors import HayaiError, RequestError
 from hayai.generation.execute import OutOfMemoryInPhase
 from hayai.generation.imagefile import next_index
-from hayai.generation.kinds import BatchRun, kind_of
+from hayai.generation.kinds import BatchRun, kind_of, plan_request
 from hayai.generation.options import Cancelled, RunOptions
 from hayai.generation.request import GenerationRequest
 from hayai.generation.resident import DEFAULT_FRACTION, ResidentModels, expected_bytes, weights_bytes
@@ -33,7 +33,7 @@ from hayai.hardware import DeviceSpec, cap_memory, host_memory, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
 from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory, return_to_host
 from hayai.memory.facts import facts_from_pipeline
-from hayai.memory.planner import Plan, PlanRequest, plan_keeping_counts
+from hayai.memory.planner import Plan, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
 from hayai.models.card import recommended_settings
 from hayai.models.catalog import Catalog, is_placeholder, source_hash
@@ -184,11 +184,9 @@ class Engine:
     def plan_for(self, loaded: LoadedModel, request: GenerationRequest,
                  options: RunOptions | None = None) -> tuple[Plan, Strategy, str]:
         """The plan for a resolved request, and the strategy to start with (and why)."""
-        options = options or self._default_options()
-        kind = kind_of(request)
-        width, height = kind.plan_size(request)
-        shape = PlanRequest(width, height, request.batch_size, request.cfg_scale > 1, kind.steps_run(request))
-        the_plan = plan_keeping_counts(self.store, loaded.facts, shape, self.device_spec, allow_lossy=options.allow_lossy)
+        options = options or self.run_options()
+        the_plan = plan_keeping_counts(self.store, loaded.facts, plan_request(request), self.device_spec,
+                                       allow_lossy=options.allow_lossy)
         if options.strategy:
             return the_plan, self.strategy_named(options.strategy), f"forced: {options.strategy}"
         remembered = self.store.recall_strategy(self._memory_key(loaded, request))
@@ -198,8 +196,16 @@ class Engine:
                 return the_plan, strategy, f"{strategy.name}: what last ran to the end here for this model, size and batch"
         return the_plan, the_plan.strategy, the_plan.reason
 
-    def _default_options(self) -> RunOptions:
-        return RunOptions(strategy=self.forced_strategy, allow_lossy=self.allow_lossy)
+    def recommended_for(self, request: GenerationRequest, source: ModelSource):
+        """(the settings that fill what `request` leaves unset, the few-step method it uses or None): the model
+        card's, under those of a few-step LoRA or model, which need their own sampler, steps and CFG."""
+        few_step = few_step_for(request, source, self._find_lora)
+        return {**recommended_settings(source), **(few_step.recommended if few_step else {})}, few_step
+
+    def run_options(self, **changes) -> RunOptions:
+        """This engine's defaults (its forced strategy, its lossy permission) with `changes`: the options of a
+        call that sets only some of them (a sweep's progress, a server job's cancel token)."""
+        return dataclasses.replace(RunOptions(strategy=self.forced_strategy, allow_lossy=self.allow_lossy), **changes)
 
     def strategy_named(self, name: str) -> Strategy:
         """The strategy called `name` (or the first with that placement) on this device."""
@@ -252,7 +258,7 @@ class Engine:
     def generate(self, request: GenerationRequest, options: RunOptions | None = None, *,
                  progress: ProgressCallback | None = None, save: bool | None = None) -> GenerationResult:
         """Make the images `request` asks for, as `options` says (`progress` and `save` are shorthands)."""
-        options = options or self._default_options()
+        options = options or self.run_options()
         if progress is not None or save is not None:
             options = dataclasses.replace(options, progress=progress or options.progress,
                                           save=options.save if save is None else save)
@@ -264,8 +270,7 @@ class Engine:
         source = self.catalog.resolve(request.model, allow_pickle=self.allow_pickle, config=request.model_config)
         request, input_size = kind.prepare(request, source.family)
         # everything the model's family decides is checked before a load (64 px stands in for a native size)
-        few_step = few_step_for(request, source, self._find_lora)  # distilled weights need their own settings
-        recommended = {**recommended_settings(source), **(few_step.recommended if few_step else {})}
+        recommended, few_step = self.recommended_for(request, source)
         kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)
         with timer.phase("load"):
             loaded = self.load(source=source, progress=emit)  # resolved once, above
@@ -391,7 +396,7 @@ class Engine:
         request, keep, warnings = request_from_image(image_path, store=self.store)
         if overrides:
             request = dataclasses.replace(request, **overrides)
-        options = dataclasses.replace(options or self._default_options(), keep=frozenset(keep) if keep else None)
+        options = dataclasses.replace(options or self.run_options(), keep=frozenset(keep) if keep else None)
         result = self.generate(request, options, progress=progress)
         result.warnings[:0] = warnings
         return result

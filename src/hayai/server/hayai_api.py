@@ -251,10 +251,9 @@ def check_dataset_route(name: str, resolution: Optional[int] = None, trigger_wor
 def plan(request: Request, body: HayaiRequest):
     """The plan a request would run with: every strategy's predicted peak memory and time, the choice and why.
     From the model's configs, without loading it."""
-    from hayai.generation.kinds import kind_of
+    from hayai.generation.kinds import plan_request
     from hayai.memory.facts import facts_for_source
-    from hayai.memory.planner import PlanRequest, plan_keeping_counts
-    from hayai.models.card import recommended_settings
+    from hayai.memory.planner import plan_keeping_counts
 
     state = _state(request)
     fields, images = _fields(body)
@@ -265,10 +264,8 @@ def plan(request: Request, body: HayaiRequest):
     source = state.catalog.resolve(queued.model)
     facts, label = facts_for_source(source)
     side = facts.native_size
-    resolved = queued.resolve(source.family, (side, side), recommended=recommended_settings(source))
-    kind = kind_of(resolved)
-    width, height = kind.plan_size(resolved)
-    shape = PlanRequest(width, height, resolved.batch_size, resolved.cfg_scale > 1, kind.steps_run(resolved))
+    resolved = queued.resolve(source.family, (side, side), recommended=state.engine.recommended_for(queued, source)[0])
+    shape = plan_request(resolved)
     result = plan_keeping_counts(state.store, facts, shape, state.engine.device_spec, allow_lossy=state.engine.allow_lossy)
     return {"model": label, "device": state.engine.device_spec.describe(), "request": dataclasses.asdict(shape),
             **result.to_dict()}

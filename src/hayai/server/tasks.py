@@ -59,12 +59,13 @@ class GenerateTask:
     kind = "generate"
 
     def run(self, spec: dict, attempts: int, job_id: str, api: str, options: dict, ctx: Context) -> Outcome:
-        from hayai.generation.options import RunOptions
-
         request = GenerationRequest.from_dict(spec)
-        run_options = RunOptions(strategy=options.get("strategy"), save=bool(options.get("save", True)),
-                                 cancel=ctx.job.cancel, progress=lambda event: ctx.live.on_progress(ctx.job, event))
-        result = ctx.engine.generate(request, run_options)
+        engine = ctx.engine
+        # a job's own strategy, else the one `hayai serve --strategy` forces, else the planner's
+        run_options = engine.run_options(strategy=options.get("strategy") or engine.forced_strategy,
+                                         save=bool(options.get("save", True)), cancel=ctx.job.cancel,
+                                         progress=lambda event: ctx.live.on_progress(ctx.job, event))
+        result = engine.generate(request, run_options)
         if ctx.stopping.is_set() and result.interrupted:
             return Outcome("interrupted", requeue=True)
         payload = result.to_dict()

@@ -34,15 +34,13 @@ def explore(engine, request: GenerationRequest, count: int, *, progress=None, sa
             cancel=None) -> ExploreResult:
     """`count` images of `request`'s prompt with seeds seed, seed+1, ...; batches of `request.batch_size`.
     `cancel` (a `CancelToken`) stops it at the next step, keeping the images finished (the sheet shows them)."""
-    from hayai.generation.options import RunOptions
-
     if not 1 <= count <= MAX_EXPLORE:
         raise RequestError(f"count={count} must be between 1 and {MAX_EXPLORE}")
     if count % request.batch_size:
         raise RequestError(f"count={count} must be a multiple of batch_size={request.batch_size} "
                            f"(try {count - count % request.batch_size or request.batch_size})")
     request = dataclasses.replace(request, batch_count=count // request.batch_size)
-    result = engine.generate(request, RunOptions(cancel=cancel), progress=progress, save=save)
+    result = engine.generate(request, engine.run_options(cancel=cancel), progress=progress, save=save)
     sheet = None
     if save and result.images:
         from hayai.generation.imagefile import unique_path

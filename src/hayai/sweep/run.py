@@ -23,7 +23,7 @@ from typing import Callable
 
 from hayai import paths
 from hayai.errors import RequestError
-from hayai.generation.options import CancelToken, Cancelled, RunOptions
+from hayai.generation.options import CancelToken, Cancelled
 from hayai.store.recording import recorded_run
 from hayai.sweep.axes import format_value
 from hayai.sweep.lock import sweep_lock
@@ -146,8 +146,7 @@ def _run_sweep(engine, plan: SweepPlan, folder: Path, restart: bool, progress, c
 
                 _remove_partial(folder / "images", cell.key)
                 strategy = cell.strategy if cell.strategy is not None else plan.strategy
-                options = RunOptions(strategy=strategy or engine.forced_strategy, allow_lossy=engine.allow_lossy,
-                                     progress=on_event, cancel=cancel)
+                options = engine.run_options(strategy=strategy or engine.forced_strategy, progress=on_event, cancel=cancel)
                 result = engine.generate(cell.request, options)
                 if result.interrupted:
                     raise Cancelled("interrupt")  # the cell is not whole: a resume runs it again
