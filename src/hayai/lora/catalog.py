@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hayai import paths
@@ -38,6 +38,7 @@ class LoraEntry:
     size_bytes: int
     alias: str | None = None  # kohya's ss_output_name, when it differs from the name
     problem: str | None = None  # why it cannot be used (pickle file, unreadable header)
+    metadata: dict = field(default_factory=dict, repr=False, compare=False)  # its safetensors header's, as read
 
     def to_dict(self) -> dict:
         return {
@@ -87,7 +88,7 @@ def _entry(path: Path, folder: Path, whole: bool) -> LoraEntry | None:
             return None  # a checkpoint or something else in a mixed folder
         return LoraEntry(path.stem, path, folder, size, problem=str(exc))
     alias = metadata.get("ss_output_name")
-    return LoraEntry(path.stem, path, folder, size, alias if alias and alias != path.stem else None)
+    return LoraEntry(path.stem, path, folder, size, alias if alias and alias != path.stem else None, metadata=metadata)
 
 
 def list_loras(store=None) -> list[LoraEntry]:

@@ -76,15 +76,5 @@ def loras(store) -> list[dict]:
         if entry.problem is not None:
             continue
         rows.append({"name": entry.name, "alias": entry.alias or entry.name, "path": str(entry.path),
-                     "metadata": _metadata(entry.path)})
+                     "metadata": dict(entry.metadata)})  # (read once, by the listing)
     return rows
-
-
-def _metadata(path) -> dict:
-    from hayai.errors import HayaiError
-    from hayai.models.headers import safetensors_header
-
-    try:
-        return dict(safetensors_header(path)[1] or {})
-    except (HayaiError, OSError, ValueError):  # an unreadable header: listed without metadata, as A1111 does
-        return {}

@@ -133,10 +133,9 @@ def detect_file(path: Path) -> FewStep | None:
     """The few-step method of a LoRA or checkpoint file, from its safetensors metadata and its name."""
     metadata = {}
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
+        from hayai.models.headers import safetensors_header
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        metadata = safetensors_header(path)[1] or {}
     return detect(str(path), metadata)
 
 
