@@ -43,6 +43,17 @@ class LiveJob:
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
 
+    def eta_seconds(self, progress: float | None = None) -> float | None:
+        """Seconds left as A1111 computes them, elapsed / progress - elapsed (`progress`: the fraction done
+        unless given), once a step is done; before, the plan's predicted time less the time spent (None
+        without a plan)."""
+        elapsed = time.monotonic() - self.started
+        if self.done and self.total:
+            return max(0.0, elapsed / (progress or self.fraction) - elapsed)
+        if self.predicted_seconds is not None:
+            return max(0.0, self.predicted_seconds - elapsed)
+        return None
+
 
 class Live:
     """The live jobs, by id. Written by the worker thread, read by request handlers: one lock guards it."""
@@ -112,13 +123,8 @@ class Live:
             if live is None:
                 return {"progress": 0.0, "eta_relative": 0.0, "state": _state(None), "current_image": None,
                         "textinfo": None, "current_task": None}
-            elapsed = time.monotonic() - live.started
-            if live.done:
-                progress = min(1.0, 0.01 + live.fraction)
-                eta = max(0.0, elapsed / progress - elapsed)
-            else:
-                progress = 0.01
-                eta = max(0.0, (live.predicted_seconds or 0.0) - elapsed)
+            progress = min(1.0, 0.01 + live.fraction) if live.done else 0.01
+            eta = live.eta_seconds(progress) or 0.0
             return {"progress": progress, "eta_relative": eta, "state": _state(live), "current_image": None,
                     "textinfo": f"{live.phase} {live.detail}".strip(), "current_task": live.id}
 

@@ -60,12 +60,13 @@ def cached_blocks(unet) -> list[tuple[str, object]]:
 def _hook_classes():
     from diffusers.hooks import ModelHook
 
-    class Evaluation(ModelHook):
-        """On the UNet: a new model evaluation begins."""
-
+    class StateHook(ModelHook):
         def __init__(self, state: _State):
             super().__init__()
             self.state = state
+
+    class Evaluation(StateHook):
+        """On the UNet: a new model evaluation begins."""
 
         def pre_forward(self, module, *args, **kwargs):
             self.state.evaluation += 1
@@ -76,23 +77,19 @@ def _hook_classes():
                 self.state.cached_evaluations += 1
             return args, kwargs
 
-    class SubCall(ModelHook):
+    class SubCall(StateHook):
         """On conv_in, which every (possibly split) UNet forward runs once: the next slot of the cache."""
-
-        def __init__(self, state: _State):
-            super().__init__()
-            self.state = state
 
         def pre_forward(self, module, *args, **kwargs):
             self.state.slot += 1
             return args, kwargs
 
-    class Cached(ModelHook):
+    class Cached(StateHook):
         """On a deep block: run it on full evaluations and keep its output; answer from the cache otherwise."""
 
         def __init__(self, state: _State, name: str):
-            super().__init__()
-            self.state, self.name = state, name
+            super().__init__(state)
+            self.name = name
             self.outputs: dict[int, object] = {}
 
         def new_forward(self, module, *args, **kwargs):

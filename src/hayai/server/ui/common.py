@@ -14,7 +14,7 @@ import io
 import time
 from types import SimpleNamespace
 
-__all__ = ["as_request", "submit_body", "interrupt", "follow", "progress_html", "eta_seconds", "route_error", "png_b64"]
+__all__ = ["as_request", "submit_body", "interrupt", "follow", "progress_html", "route_error", "png_b64"]
 
 POLL_S = 0.25
 
@@ -72,22 +72,11 @@ def follow(state, job_id: str):
     while True:
         live = state.live.get(job_id)
         job = state.store.job(job_id)
-        if job.finished or (live is not None and live.finished.is_set()):
-            yield state.store.job(job_id), live
+        if job.finished:  # (the worker records the end before the live record says it: the row is final)
+            yield job, live
             return
         yield job, live
         time.sleep(POLL_S)
-
-
-def eta_seconds(live) -> float | None:
-    """Seconds left, as A1111's progress computes them (elapsed / fraction - elapsed; before the first step,
-    the plan's predicted time)."""
-    elapsed = time.monotonic() - live.started
-    if live.done and live.total:
-        return max(0.0, elapsed / live.fraction - elapsed)
-    if live.predicted_seconds is not None:
-        return max(0.0, live.predicted_seconds - elapsed)
-    return None
 
 
 def progress_html(state, job, live) -> str:
@@ -99,7 +88,7 @@ def progress_html(state, job, live) -> str:
         return _bar(1 if job.status == "done" else 0, words.get(job.status, job.status))
     if live is None:
         return _bar(0, "starting")
-    eta = eta_seconds(live)
+    eta = live.eta_seconds()
     text = f"{live.phase} {live.done}/{live.total}" if live.total else live.phase
     if live.detail:
         text += f" · {live.detail}"
