@@ -51,11 +51,35 @@ def _options() -> list[inspect.Parameter]:
 
 def lora(config_file: Optional[Path], resume: bool, as_json: bool, quiet: bool, **fields) -> None:
     """Train a LoRA: CONFIG.yaml and/or options (an option beats the file); Ctrl-C saves a checkpoint, --resume continues."""
-    from hayai.training import TrainConfig, train_lora
+    from hayai.training import TrainConfig
 
     given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if v is not None and v != []}
     config = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
-    config = config.replace(**given) if given else config
+    _train(config.replace(**given) if given else config, config_file, resume, as_json, quiet, command="lora")
+
+
+def distill(config_file: Optional[Path], resume: bool, as_json: bool, quiet: bool, **fields) -> None:
+    """Distil a model into a few-step LCM LoRA (4 steps at CFG 1 instead of 20 guided ones) on a folder of images
+    like its own (its generations do); `--speed fast` then uses it. Same options as `train lora`."""
+    import re
+
+    from hayai.errors import RequestError
+    from hayai.training import TrainConfig
+
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if v is not None and v != []}
+    config = TrainConfig.from_yaml(config_file) if config_file else TrainConfig()
+    if config.method not in ("lora", "lcm"):
+        raise RequestError(f"{config_file}: method={config.method!r}; `hayai train distill` makes method='lcm' LoRAs")
+    config = config.replace(**given, method="lcm")
+    if "output_name" not in given and (not config_file or config.output_name == TrainConfig().output_name):
+        model = Path(config.model).name if config.model else "default"
+        config = config.replace(output_name=re.sub(r"[^\w.\-]+", "-", model).strip("-.") + f"-lcm-{config.distill_steps}step")
+    _train(config, config_file, resume, as_json, quiet, command="distill")
+
+
+def _train(config, config_file: Optional[Path], resume: bool, as_json: bool, quiet: bool, *, command: str) -> None:
+    from hayai.training import train_lora
+
     silence_library_progress()
     with _progress(enabled=not (quiet or as_json)) as on_event:
         result = train_lora(config, resume=resume, progress=on_event)
@@ -64,23 +88,29 @@ def lora(config_file: Optional[Path], resume: bool, as_json: bool, quiet: bool, 
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     elif not quiet:
-        _summary(result, config_file)
+        _summary(result, config_file, command)
     if result.status == "interrupted":
         raise typer.Exit(130)
 
 
-lora.__signature__ = inspect.Signature([
-    inspect.Parameter("config_file", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                      default=typer.Argument(None, metavar="[CONFIG.yaml]", help="A YAML file of TrainConfig fields.")),
-    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--resume", help="Continue from the run folder's latest checkpoint.")),
-    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--json", help="Print the result as JSON on stdout.")),
-    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--quiet", "-q", help="No progress, no summary.")),
-    *_options(),
-])
+def _signature(skip: tuple[str, ...] = ()) -> inspect.Signature:
+    return inspect.Signature([
+        inspect.Parameter("config_file", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                          default=typer.Argument(None, metavar="[CONFIG.yaml]", help="A YAML file of TrainConfig fields.")),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--resume", help="Continue from the run folder's latest checkpoint.")),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--json", help="Print the result as JSON on stdout.")),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--quiet", "-q", help="No progress, no summary.")),
+        *(p for p in _options() if p.name not in skip),
+    ])
+
+
+lora.__signature__ = _signature()
+distill.__signature__ = _signature(skip=("method",))  # always lcm
 app.command("lora", cls=PlainHelp)(lora)  # ~50 long option names: rich's table cut them at 80 columns
+app.command("distill", cls=PlainHelp)(distill)
 
 
 class _progress:
@@ -129,6 +159,11 @@ def validation_note(config: dict) -> str:
     """Why the validation loss sits at another level than the training loss (what the two really measure)."""
     from hayai.training.objective import VALIDATION_TIMESTEPS
 
+    if config.get("method") == "lcm":
+        return (f"  the validation loss is the consistency distance on the held-out images, with fixed noise at "
+                f"{VALIDATION_TIMESTEPS} points of the 50-step schedule: how far the LoRA's one-step estimate is from its "
+                "own estimate after the model's guided step. It falls as the LoRA learns; the sample grids (the LoRA's "
+                "few steps) show what it draws")
     gamma = config.get("min_snr_gamma")
     weighted = f", weighted by min-SNR (gamma {gamma:g}: the low-noise steps count less)" if gamma else ""
     return (f"  the validation loss is the plain squared error on the held-out images, with fixed noise at "
@@ -137,7 +172,7 @@ def validation_note(config: dict) -> str:
             "validation loss means overfitting)")
 
 
-def _summary(result, config_file: Optional[Path]) -> None:
+def _summary(result, config_file: Optional[Path], command: str = "lora") -> None:
     from rich.markup import escape
 
     plan = result.plan
@@ -151,8 +186,14 @@ def _summary(result, config_file: Optional[Path]) -> None:
     for name, path in result.files.items():
         console.print(escape(f"{name:>10}: {path}"))
     if result.status == "interrupted":
-        again = f"hayai train lora {config_file} --resume" if config_file else f"hayai train lora --output-name {result.config['output_name']} --resume"
+        again = (f"hayai train {command} {config_file} --resume" if config_file
+                 else f"hayai train {command} --output-name {result.config['output_name']} --resume")
         console.print(escape(f"interrupted at step {result.step} of {result.total_steps}; the checkpoint is saved. Continue with: {again}"))
     else:
         name = result.config["output_name"]
-        console.print(escape(f"LoRA {result.lora_path} ({result.step} steps); use it with <lora:{name}:0.8> or --lora {name}:0.8"))
+        if result.config.get("method") == "lcm":
+            steps = result.config["distill_steps"]
+            console.print(escape(f"few-step LoRA {result.lora_path} ({result.step} steps): generate with --speed fast, or "
+                                 f"--lora {name} (it sets {steps} steps, the LCM sampler and CFG 1)"))
+        else:
+            console.print(escape(f"LoRA {result.lora_path} ({result.step} steps); use it with <lora:{name}:0.8> or --lora {name}:0.8"))

@@ -27,6 +27,7 @@ __all__ = [
     "LR_SCHEDULERS",
     "MIXED_PRECISION",
     "OPTIMIZERS",
+    "METHODS",
     "SAVE_FORMATS",
     "TrainConfig",
     "VIEWS_PER_IMAGE",
@@ -38,12 +39,13 @@ LR_SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SAVE_FORMATS = ("kohya", "diffusers")
+METHODS = ("lora", "lcm")  # what the LoRA learns: the dataset's look, or the model's own sampling in few steps
 # Default length: each training image seen about 100 times (kohya users' "10 repeats x 10 epochs"),
 # within these bounds; kohya's fixed default of 1600 steps is too long for 10 images, too short for 200.
 VIEWS_PER_IMAGE = 100
 DEFAULT_STEPS_RANGE = (100, 4000)
 _NAME = re.compile(r"^[\w][\w.\- ]*$")
-_FLOAT_FIELDS = ("validation_fraction", "alpha", "dropout", "learning_rate", "text_encoder_lr", "weight_decay", "max_grad_norm",
+_FLOAT_FIELDS = ("teacher_cfg", "validation_fraction", "alpha", "dropout", "learning_rate", "text_encoder_lr", "weight_decay", "max_grad_norm",
                  "noise_offset", "min_snr_gamma", "caption_dropout", "sample_cfg")
 
 
@@ -69,7 +71,8 @@ class TrainConfig:
     rank: int = _f(16, "LoRA rank (kohya network_dim): the size of the update; try several (a small rank can underfit, a large one overfit)")
     alpha: float | None = _f(None, "LoRA alpha (kohya network_alpha): the update is scaled by alpha / rank; None: alpha = rank")
     target_modules: tuple[str, ...] | None = _f(None, "layers to train, by name or name suffix (PEFT's rule); None: the denoiser's "
-                                                      "attention projections (to_q, to_k, to_v, to_out.0, and SD3's context ones)")
+                                                      "attention projections (to_q, to_k, to_v, to_out.0, and SD3's context ones); for method lcm, the U-Net's "
+                                                      "whole transformer blocks (also proj_in, proj_out, ff.net.0.proj, ff.net.2)")
     train_text_encoder: bool = _f(False, "also train the CLIP text encoders' attention (kohya's default trains them; off is safer)")
     dropout: float = _f(0.0, "LoRA dropout on each layer's input (regularisation against overfitting a small dataset)")
     # -- optimisation ----------------------------------------------------------------------------
@@ -86,6 +89,12 @@ class TrainConfig:
     epochs: int | None = _f(None, "passes over the training images (kohya repeats count); give steps or epochs, not both")
     seed: int = _f(0, "seed of the split, the data order, the noise and the LoRA's initial weights")
     # -- the objective ---------------------------------------------------------------------------
+    method: str = _f("lora", "lora: learn the dataset's look (`hayai train lora`); lcm: distil the model into a few-step "
+                             "LCM LoRA that samples in distill_steps steps at CFG 1 (`hayai train distill`)")
+    distill_steps: int = _f(4, "lcm: the sampling steps the LoRA is made for (its metadata, which sets them when it is used; "
+                               "the sample grids use them, with the LCM sampler at CFG 1)")
+    teacher_cfg: float | None = _f(None, "lcm: the CFG scale of the model's guided steps that the LoRA learns to take in "
+                                         "one unguided step; None: the model card's CFG, else 7")
     noise_offset: float = _f(0.0, "add this much per-channel constant noise (darker darks, brighter brights; noise-prediction models)")
     min_snr_gamma: float | None = _f(None, "min-SNR loss weighting (Hang et al. 2023); None: 5 for noise-prediction models, "
                                            "off for flow matching (SD3); 0: off")
@@ -202,11 +211,12 @@ def _check(c: TrainConfig) -> None:
     typed("output_name", str)
     typed("output_dir", str, True)
     typed("trigger_word", str, True)
+    typed("method", str)
     for name in ("overwrite", "buckets", "train_text_encoder", "caption_shuffle"):
         typed(name, bool)
     for name in ("gradient_checkpointing", "cache_latents", "cache_text_embeddings"):
         typed(name, bool, True)
-    for name in ("rank", "gradient_accumulation", "seed", "keep_tokens", "keep_checkpoints", "sample_steps"):
+    for name in ("rank", "distill_steps", "gradient_accumulation", "seed", "keep_tokens", "keep_checkpoints", "sample_steps"):
         typed(name, int)
     for name in ("resolution", "warmup_steps", "batch_size", "steps", "epochs", "validation_every", "checkpoint_every",
                  "sample_every"):
@@ -214,10 +224,20 @@ def _check(c: TrainConfig) -> None:
     for name in ("validation_fraction", "dropout", "learning_rate", "weight_decay", "noise_offset", "caption_dropout",
                  "sample_cfg"):
         typed(name, (int, float))
-    for name in ("alpha", "text_encoder_lr", "max_grad_norm", "min_snr_gamma"):
+    for name in ("alpha", "text_encoder_lr", "max_grad_norm", "min_snr_gamma", "teacher_cfg"):
         typed(name, (int, float), True)
     need(bool(_NAME.match(c.output_name)) and "/" not in c.output_name, "output_name",
          "must be a file name (letters, digits, _ . - and spaces; no slashes)")
+    need(c.method in METHODS, "method", f"must be one of {', '.join(METHODS)}")
+    need(1 <= c.distill_steps <= 16, "distill_steps", "must be between 1 and 16 (LCM LoRAs sample in 2-8 steps)")
+    need(c.teacher_cfg is None or 1 <= c.teacher_cfg <= 30, "teacher_cfg", "must be between 1 and 30")
+    if c.method == "lcm":
+        if c.train_text_encoder:
+            raise RequestError("train_text_encoder=True with method='lcm': the text encoders condition the model being "
+                               "distilled (the teacher) too; distillation trains the denoiser only, leave it off")
+        if c.noise_offset:
+            raise RequestError(f"noise_offset={c.noise_offset} with method='lcm': distillation follows the model's own "
+                               "noise; leave it at 0")
     need(c.rank >= 1, "rank", "must be at least 1")
     need(c.alpha is None or c.alpha > 0, "alpha", "must be positive")
     need(0 <= c.validation_fraction < 1, "validation_fraction", "must be at least 0 and below 1")

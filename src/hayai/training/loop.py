@@ -41,7 +41,7 @@ from hayai.models.families import Family
 from hayai.training import checkpoint as ckpt
 from hayai.training.config import TrainConfig
 from hayai.training.export import save_diffusers
-from hayai.training.lora_layers import LoraNetwork
+from hayai.training.lora_layers import DISTILL_TARGETS, LoraNetwork
 from hayai.training.objective import Objective
 from hayai.training.run import Run, TrainingDiverged
 from hayai.training.session import (
@@ -178,6 +178,16 @@ def _start_or_resume(config: TrainConfig, resume: bool) -> tuple[TrainConfig, di
     return TrainConfig.from_dict({**saved, **changes}), state, found
 
 
+def _objective(config: TrainConfig, family: Family, pipe, network: LoraNetwork):
+    """What the LoRA learns: the dataset (the family's denoising loss), or the model's own steps (distillation)."""
+    if config.method == "lcm":
+        from hayai.training.consistency import ConsistencyObjective
+
+        return ConsistencyObjective(family, dict(pipe.scheduler.config), network, teacher_cfg=config.teacher_cfg)
+    return Objective(family, dict(pipe.scheduler.config), noise_offset=config.noise_offset,
+                     min_snr_gamma=config.min_snr_gamma)
+
+
 def _prepare_model(pipe, config: TrainConfig, family: Family, device: torch.device, weight_dtype) -> LoraNetwork:
     """Freeze the pipeline, place it, attach a fresh LoRA network (its initial weights drawn from the seed)."""
     for module in pipe.components.values():
@@ -222,6 +232,7 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
     from hayai.generation.timing import PeakMemory
     from hayai.lora.catalog import loras_dir
     from hayai.models.catalog import Catalog, source_hash
+    from hayai.models.card import recommended_settings
     from hayai.models.loading import load_pipeline
     from hayai.store import Store
 
@@ -280,11 +291,11 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
     # 4. the plan and the resolved config
     device_info = cap_memory(device_spec(config.device, processes), parse_size(config.vram) if config.vram else None)
     lora_params = LoraNetwork.for_pipeline(pipe, family, rank=config.rank, alpha=config.alpha or config.rank,
-                                           target_modules=config.target_modules,
+                                           target_modules=config.target_modules or (DISTILL_TARGETS if config.method == "lcm" else None),
                                            text_encoders=config.train_text_encoder).num_parameters()
     plan = make_plan(config, pipe, family, device_info, resolution=resolution, train_images=len(train), lora_params=lora_params)
     config = resolve_config(config, family=family, native_size=native, plan=plan, train=train, validation=validation,
-                            world=processes.world)
+                            world=processes.world, card=recommended_settings(source))
     emit(TrainEvent("prepare", 0, 0, message="plan: " + "; ".join(plan.reasons)))
     # 5. the network, the optimizer, the schedule
     device, weight_dtype = torch.device(plan.device), getattr(torch, plan.weight_dtype)
@@ -293,8 +304,7 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
     session = Session(config, family, pipe, network, optimizer, build_schedule(config, optimizer),
                       torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None, device, weight_dtype,
                       manifest, train, validation, plan, processes, findings=findings)
-    objective = Objective(family, dict(pipe.scheduler.config), noise_offset=config.noise_offset,
-                          min_snr_gamma=config.min_snr_gamma)
+    objective = _objective(config, family, pipe, network)
     run = Run(session, objective, torch.Generator().manual_seed(config.seed), store=store, run_dir=run_dir, source=source,
                model_hash=model_hash, started=_now(), session_id=uuid.uuid4().hex[:16], timer=timer)
     if saved_state is not None:
@@ -305,7 +315,8 @@ def train_lora(config: TrainConfig, *, resume: bool = False, progress: Callable[
         session.validation_latents = cache_latents(pipe.vae, validation, config.seed, device, plan.cache_chunk)
         if config.cache_latents:
             session.latents = cache_latents(pipe.vae, train, config.seed, device, plan.cache_chunk)
-        captions = [e.caption for e in train] + ([""] if config.caption_dropout > 0 else []) if config.cache_text_embeddings else []
+        empty = config.caption_dropout > 0 or getattr(objective, "guided", False)  # the unconditional embedding
+        captions = [e.caption for e in train] + ([""] if empty else []) if config.cache_text_embeddings else []
         if not config.train_text_encoder:  # validation captions never change: cached whenever the encoders are frozen
             captions += [e.caption for e in validation]
         session.text = cache_text(pipe, family, captions, device) if captions else {}

@@ -25,6 +25,7 @@ from hayai.models.families import Family
 
 __all__ = [
     "DENOISER_TARGETS",
+    "DISTILL_TARGETS",
     "TEXT_ENCODER_TARGETS",
     "LoraModule",
     "LoraNetwork",
@@ -40,6 +41,9 @@ DENOISER_TARGETS = {
     Family.SDXL: ("to_q", "to_k", "to_v", "to_out.0"),
     Family.SD3: ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
 }
+# Distillation (method='lcm') changes how the model denoises, not only what it attends to: the whole
+# transformer blocks of the U-Net (projections in and out, feed-forward), as kohya's LoRA and LCM-LoRA train.
+DISTILL_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP self-attention
 TRAINABLE_TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # CLIPs; SD3's T5 is not trained (diffusers cannot load it)
 

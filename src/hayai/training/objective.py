@@ -8,6 +8,9 @@ and how the squared errors are weighted.
 - SD3 (rectified flow, diffusers' `train_dreambooth_lora_sd3.py`): sigma from the model's shifted
   schedule at a logit-normal position, `x_t = (1 - sigma) x0 + sigma noise`, target `noise - x0`.
 
+Distillation into a few-step LoRA has its own objective (`hayai.training.consistency`), with the same
+methods (`draw`, `validation_draws`, `example_losses`), so the loop runs either.
+
 Random draws come from a CPU generator (the run's, saved in checkpoints), so a run is the same on any
 device and resumes exactly. Validation uses fixed draws: for each example, evenly spaced timesteps with
 noise from a generator seeded by the example's index.
@@ -16,15 +19,18 @@ noise from a generator seeded by the example's index.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from hayai.models.families import FAMILY_INFO, Family
 
-__all__ = ["Draw", "Objective", "VALIDATION_TIMESTEPS", "predict"]
+__all__ = ["Draw", "Objective", "Predict", "VALIDATION_TIMESTEPS", "predict"]
 
 VALIDATION_TIMESTEPS = 4  # per validation image, evenly spaced over the schedule
 _VALIDATION_SEED = 1_000_003
+# the denoiser with the LoRA on a batch: (noisy latents, the timesteps it is told, conditioning) -> its output
+Predict = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
 
 @dataclass
@@ -99,6 +105,16 @@ class Objective:
         snr = alphas / (1.0 - alphas)
         clipped = torch.clamp(snr, max=self.min_snr_gamma)
         return clipped / (snr + 1.0) if self.prediction_type == "v_prediction" else clipped / snr
+
+    def example_losses(self, latents: torch.Tensor, draw: Draw, predict: Predict, cond: dict, uncond: dict | None = None,
+                       *, weighted: bool = True) -> torch.Tensor:
+        """Per-example squared error of the denoiser's prediction (min-SNR weighted unless `weighted` is False:
+        validation compares plain errors). `predict(noisy, timesteps, cond)` runs the denoiser with the LoRA."""
+        noisy, target = self.noisy_and_target(latents, draw)
+        prediction = predict(noisy, self.model_timesteps(draw.index), cond)
+        per_example = ((prediction.float() - target.float()) ** 2).mean(dim=tuple(range(1, prediction.ndim)))
+        weights = self.weights(draw.index.to(per_example.device)) if weighted else None
+        return per_example * weights if weights is not None else per_example
 
     @staticmethod
     def loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

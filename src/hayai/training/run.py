@@ -14,11 +14,12 @@ from hayai.errors import HayaiError
 from hayai.models.families import Family
 from hayai.training import checkpoint as ckpt
 from hayai.training.data import batches_per_epoch, encode_captions, epoch_plan, shape_caption, time_ids
+from hayai.speed.few_step import METADATA_KEY as FEW_STEP_KEY
 from hayai.training.export import save_kohya, ss_metadata
 from hayai.training.objective import Draw, Objective, predict
 from hayai.training.session import Processes, Session, encode_latents
 
-__all__ = ["Run", "TrainingDiverged", "sum_gradients"]
+__all__ = ["Run", "TrainingDiverged", "few_step_settings", "sum_gradients"]
 
 
 class TrainingDiverged(HayaiError):
@@ -87,14 +88,22 @@ class Run:
             cond = encode_captions(s.pipe, s.family, captions, s.device)
         return {k: (v.to(s.device, s.weight_dtype) if v is not None else None) for k, v in cond.items()}
 
-    def _predict(self, examples, noisy, index, cond):
+    def _predictor(self, examples):
+        """The denoiser with the LoRA for these examples (SDXL's size ids are theirs): objective.Predict."""
         s = self.s
         ids = None
         if s.family is Family.SDXL:
             ids = torch.tensor([time_ids(e) for e in examples], device=s.device, dtype=s.weight_dtype)
-        with s.autocast():
-            return predict(s.denoiser, s.family, noisy.to(s.weight_dtype),
-                           self.objective.model_timesteps(index).to(s.device), cond, ids)
+
+        def run(noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> torch.Tensor:
+            with s.autocast():
+                return predict(s.denoiser, s.family, noisy.to(s.weight_dtype), timesteps.to(s.device), cond, ids)
+
+        return run
+
+    def _uncond(self, count: int) -> dict | None:
+        """The empty caption's conditioning, for an objective that guides (distillation's teacher), else None."""
+        return self._cond([""] * count) if getattr(self.objective, "guided", False) else None
 
     def micro_loss(self, ids: list[int]) -> torch.Tensor:
         """This process's share of a global micro-batch: the sum of its (weighted) per-example losses.
@@ -117,11 +126,8 @@ class Run:
         else:
             latents = torch.stack(encode_latents(s.pipe.vae, mine, config.seed, s.device))
         draw = Draw(draw.noise[share], draw.index[share])
-        noisy, target = self.objective.noisy_and_target(latents, draw)
-        prediction = self._predict(mine, noisy, draw.index, self._cond([captions[k] for k in share]))
-        per_example = ((prediction.float() - target.float()) ** 2).mean(dim=tuple(range(1, prediction.ndim)))
-        weights = self.objective.weights(draw.index.to(s.device))
-        return (per_example * weights if weights is not None else per_example).sum()
+        cond = self._cond([captions[k] for k in share])
+        return self.objective.example_losses(latents, draw, self._predictor(mine), cond, self._uncond(len(mine))).sum()
 
     def optimizer_step(self) -> tuple[float, float]:
         """One optimizer step over `gradient_accumulation` micro-batches: (loss, learning rate)."""
@@ -161,7 +167,8 @@ class Run:
 
     # -- watching ----------------------------------------------------------------------------------------
     def validation_loss(self) -> float:
-        """Mean squared error on the held-out images at fixed timesteps and noise (no weights, no dropout)."""
+        """The objective's loss on the held-out images at fixed timesteps and noise (no weights, no dropout):
+        the mean squared error for a LoRA, the consistency distance for distillation."""
         s = self.s
         s.network.train(False)
         total, count = 0.0, 0
@@ -171,9 +178,10 @@ class Run:
                     latents = s.validation_latents[example.index].to(s.device)[None]
                     draws = self.objective.validation_draws(tuple(latents.shape), example.index)
                     draw = Draw(torch.cat([d.noise for d in draws]), torch.cat([d.index for d in draws]))
-                    noisy, target = self.objective.noisy_and_target(latents.expand(len(draws), -1, -1, -1), draw)
-                    prediction = self._predict([example] * len(draws), noisy, draw.index, self._cond([example.caption] * len(draws)))
-                    total += float(Objective.loss(prediction, target)) * len(draws)
+                    losses = self.objective.example_losses(
+                        latents.expand(len(draws), -1, -1, -1), draw, self._predictor([example] * len(draws)),
+                        self._cond([example.caption] * len(draws)), self._uncond(len(draws)), weighted=False)
+                    total += float(losses.sum())
                     count += len(draws)
         finally:
             s.network.train(True)
@@ -183,13 +191,16 @@ class Run:
         from hayai.training.samples import sample_grid
 
         s, config = self.s, self.s.config
+        few_step = few_step_settings(config)
+        steps, cfg, sampler = ((few_step["steps"], few_step["cfg_scale"], few_step["sampler"]) if few_step
+                               else (config.sample_steps, config.sample_cfg, None))
         s.network.train(False)
         try:
             # under the training's autocast: the VAE stays in float32 (for encoding) while latents are half
             with s.whole_pipeline() as pipe, s.autocast():
                 grid = sample_grid(pipe, s.family, list(config.sample_prompts), list(config.sample_seeds),
-                                   steps=config.sample_steps, cfg=config.sample_cfg, width=config.resolution,
-                                   height=config.resolution, caption=f"step {self.step}, {config.output_name}")  # the step first: the title band cuts at the grid width
+                                   steps=steps, cfg=cfg, width=config.resolution, height=config.resolution, sampler=sampler,
+                                   caption=f"step {self.step}, {config.output_name}")  # the step first: the title band cuts at the grid width
         finally:
             s.network.train(True)
         path = self.run_dir / "samples" / f"step-{self.step:06d}.png"
@@ -226,11 +237,18 @@ class Run:
                 counts[tag] = counts.get(tag, 0) + 1
             dirs.setdefault(folder, {"n_repeats": item.repeats, "img_count": 0})["img_count"] += 1
         epoch = math.ceil(self.micro / self.per_epoch) if self.micro else 0
-        return ss_metadata(s.config.to_dict(), family=s.family, model_name=self.source.name, model_hash=self.model_hash,
-                           train_images=len(s.train), batches_per_epoch=self.per_epoch, epoch=epoch, step=self.step,
-                           epochs=math.ceil(s.config.steps * s.config.gradient_accumulation / self.per_epoch),
-                           tag_frequency=tags, dataset_dirs=dirs, started_at=self.started, finished_at=finished,
-                           session_id=self.session_id, network_dim=s.config.rank, network_alpha=s.config.alpha)
+        metadata = ss_metadata(s.config.to_dict(), family=s.family, model_name=self.source.name, model_hash=self.model_hash,
+                               train_images=len(s.train), batches_per_epoch=self.per_epoch, epoch=epoch, step=self.step,
+                               epochs=math.ceil(s.config.steps * s.config.gradient_accumulation / self.per_epoch),
+                               tag_frequency=tags, dataset_dirs=dirs, started_at=self.started, finished_at=finished,
+                               session_id=self.session_id, network_dim=s.config.rank, network_alpha=s.config.alpha)
+        few_step = few_step_settings(s.config)
+        if few_step:  # read by hayai.speed.few_step: the settings it needs, and the model it was distilled from
+            metadata[FEW_STEP_KEY] = json.dumps({**few_step, "model_hash": self.model_hash, "model": self.source.name,
+                                                 "teacher_cfg": s.config.teacher_cfg})
+            metadata["ss_training_comment"] = (f"LCM few-step LoRA distilled with hayai from {self.source.name}: "
+                                               f"{few_step['steps']} steps, LCM sampler, CFG 1")
+        return metadata
 
     def write_lora(self, folder: Path, finished: str | None = None) -> Path:
         path = Path(folder) / f"{self.s.config.output_name}.safetensors"
@@ -256,3 +274,10 @@ def sum_gradients(params: list, processes: Processes) -> None:
     for p, g in zip(params, grads):
         p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()
+
+
+def few_step_settings(config) -> dict | None:
+    """How a LoRA distilled by `config` samples (the few-step metadata's settings), or None for a plain LoRA."""
+    if config.method != "lcm":
+        return None
+    return {"method": "LCM", "steps": config.distill_steps, "cfg_scale": 1.0, "sampler": "LCM", "schedule_type": "Uniform"}

@@ -13,9 +13,10 @@ __all__ = ["loss_chart", "loss_figure", "sample_grid", "labelled_grid"]
 
 
 def sample_grid(pipe, family, prompts: list[str], seeds: list[int], *, steps: int, cfg: float, width: int, height: int,
-                caption: str = ""):
+                caption: str = "", sampler: str | None = None):
     """A PIL grid: one row per prompt, one column per seed, labelled on the image (a title band with
-    `caption`, a band above each row with its prompt) and in its PNG text."""
+    `caption`, a band above each row with its prompt) and in its PNG text. `sampler`: an A1111 name
+    (None: the family's default)."""
     import torch
     from PIL import PngImagePlugin
 
@@ -27,7 +28,7 @@ def sample_grid(pipe, family, prompts: list[str], seeds: list[int], *, steps: in
 
     flow = FAMILY_INFO[family].flow_matching
     original = pipe.scheduler
-    pipe.scheduler = build_scheduler(default_sampler(flow), "Automatic", dict(original.config), flow)
+    pipe.scheduler = build_scheduler(sampler or default_sampler(flow), "Automatic", dict(original.config), flow)
     rows = []
     try:
         with torch.no_grad():

@@ -118,11 +118,19 @@ def dataset_for(config: TrainConfig, run_dir: Path, *, resolution: int, step: in
 
 # -- the resolved config -----------------------------------------------------------------------------
 def resolve_config(config: TrainConfig, *, family: Family, native_size: int, plan: TrainingPlan, train: list[Example],
-                   validation: list[Example], world: int) -> TrainConfig:
-    """`config` with every None decided: from the model, the dataset's size and the memory plan (pure)."""
-    from hayai.training.lora_layers import default_targets
+                   validation: list[Example], world: int, card: dict | None = None) -> TrainConfig:
+    """`config` with every None decided: from the model (and its card's settings, `card`), the dataset's size
+    and the memory plan (pure)."""
+    from hayai.training.lora_layers import DISTILL_TARGETS, default_targets
 
     flow = family is Family.SD3
+    distill = config.method == "lcm"
+    if distill and flow:
+        raise RequestError(f"method='lcm' distils noise-prediction models (SD1, SD2, SDXL); {family.value} is a "
+                           "flow-matching model: use its distilled releases (SD3.5 Large Turbo, Hyper-SD3) instead")
+    if distill and config.min_snr_gamma:
+        raise RequestError(f"min_snr_gamma={config.min_snr_gamma} with method='lcm': the consistency loss weighs every "
+                           "example alike; leave it unset")
     if flow and config.noise_offset:
         raise RequestError(f"noise_offset={config.noise_offset} applies to noise-prediction models, not {family.value} (flow matching)")
     if flow and config.min_snr_gamma:
@@ -145,14 +153,16 @@ def resolve_config(config: TrainConfig, *, family: Family, native_size: int, pla
         config,
         resolution=config.resolution or native_size,
         alpha=float(config.alpha if config.alpha is not None else config.rank),
-        target_modules=tuple(config.target_modules or default_targets(family)),
+        target_modules=tuple(config.target_modules or (DISTILL_TARGETS if distill else default_targets(family))),
         text_encoder_lr=config.text_encoder_lr if config.text_encoder_lr is not None else config.learning_rate / 2,
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else int(0.05 * steps),
         optimizer=plan.optimizer,
         batch_size=batch,
         steps=steps,
         epochs=None,  # a resolved run counts steps (its epochs follow: steps x accumulation / batches per epoch)
-        min_snr_gamma=None if flow else (5.0 if config.min_snr_gamma is None else float(config.min_snr_gamma) or None),
+        min_snr_gamma=None if flow or distill else (5.0 if config.min_snr_gamma is None else float(config.min_snr_gamma) or None),
+        teacher_cfg=(float(config.teacher_cfg if config.teacher_cfg is not None else (card or {}).get("cfg_scale", 7.0))
+                     if distill else None),
         device=plan.device,
         mixed_precision=plan.mixed_precision,
         gradient_checkpointing=plan.gradient_checkpointing,
