@@ -98,3 +98,63 @@ def test_a_turbo_flow_model_gets_the_flow_sampler(tmp_path):
                                                                                            "Simple", 4)
     resolved = GenerationRequest(prompt="x").resolve(Family.SD3, (64, 64), recommended=found.recommended)
     assert (resolved.sampler, resolved.cfg_scale) == ("Euler", 1.0)
+
+
+# -- the fast preset: a few-step LoRA of the model from the catalog ------------------------------------------
+def _few_step_lora(tiny_folders, name, metadata):
+    pipe = load_pipeline(source_from_path(tiny_folders[Family.SD1]))
+    return save_lora(random_kohya_lora(pipe, Family.SD1, seed=7, strength=0.5), loras_dir() / f"{name}.safetensors",
+                     metadata=metadata)
+
+
+def _model_hash(tiny_folders):
+    from hayai.models.catalog import source_hash
+    from hayai.store import Store
+
+    with Store() as store:
+        return source_hash(store, source_from_path(tiny_folders[Family.SD1]))
+
+
+def test_fast_without_a_few_step_lora_says_how_to_make_one(tiny_folders):
+    from hayai.errors import RequestError
+
+    with pytest.raises(RequestError, match="hayai train distill --model"):
+        Engine(device="cpu").generate(GenerationRequest("a red circle", model=str(tiny_folders[Family.SD1]), speed="fast"),
+                                      save=False)
+
+
+def test_fast_uses_the_lora_distilled_from_this_model_and_the_image_reproduces_it(tiny_folders, tmp_path):
+    _few_step_lora(tiny_folders, "other-lcm", {METADATA_KEY: json.dumps({"method": "LCM", "steps": 4, "model_hash": "0" * 64}),
+                                               "modelspec.architecture": "stable-diffusion-v1/lora"})
+    _few_step_lora(tiny_folders, "mine-lcm", {METADATA_KEY: json.dumps({"method": "LCM", "steps": 3,
+                                                                        "model_hash": _model_hash(tiny_folders)})})
+    engine = Engine(device="cpu")
+    result = engine.generate(GenerationRequest("a red circle", model=str(tiny_folders[Family.SD1]), speed="fast", seed=4,
+                                               output_dir=str(tmp_path)))
+    resolved = result.request
+    assert resolved.loras == ("mine-lcm:1",)  # distilled from this model, not the other one
+    assert (resolved.steps, resolved.sampler, resolved.cfg_scale, resolved.step_cache) == (3, "LCM", 1.0, 0)
+    again, _, _ = engine.request_from_image(result.images[0].path)
+    assert again.loras == ("mine-lcm:1",) and again.speed == "fast"
+    rerun = engine.generate(again, save=False)
+    assert rerun.request.loras == ("mine-lcm:1",)  # not added twice
+    assert list(rerun.images[0].image.getdata()) == list(result.images[0].image.getdata())
+
+
+def test_fast_takes_a_family_few_step_lora_and_skips_other_families():
+    from pathlib import Path
+
+    from hayai.lora.catalog import LoraEntry
+    from hayai.speed.few_step import for_model
+
+    def entry(name, metadata):
+        return LoraEntry(name, Path(f"/loras/{name}.safetensors"), Path("/loras"), 1, metadata=metadata)
+
+    entries = [entry("style", {"modelspec.architecture": "stable-diffusion-v1/lora"}),
+               entry("sdxl_lightning_4step_lora", {"ss_base_model_version": "sdxl_base_v1-0"}),
+               entry("lcm-lora-sdv1-5", {"modelspec.architecture": "stable-diffusion-v1/lora"})]
+    asked = []
+    chosen, method = for_model(Family.SD1, lambda: asked.append(1), entries)
+    assert chosen.name == "lcm-lora-sdv1-5" and method.method == "LCM" and not asked  # no hash needed
+    assert for_model(Family.SDXL, lambda: "x", entries)[0].name == "sdxl_lightning_4step_lora"
+    assert for_model(Family.SD3, lambda: "x", entries) is None

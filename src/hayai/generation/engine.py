@@ -31,6 +31,7 @@ from hayai.generation.saving import finish_image, request_from_image
 from hayai.generation.timing import PeakMemory, PhaseTimer
 from hayai.hardware import DeviceSpec, cap_memory, host_memory, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
+from hayai.lora.catalog import list_loras
 from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory, return_to_host
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, plan_keeping_counts
@@ -41,7 +42,9 @@ from hayai.models.components import denoiser_of
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
+from hayai.speed.few_step import for_model as few_step_for_model
 from hayai.speed.few_step import for_request as few_step_for
+from hayai.speed.presets import FEW_STEP_PRESETS
 from hayai.store.recording import recorded_run
 
 __all__ = ["Engine", "GenerationResult", "GeneratedImage", "LoadedModel", "ProgressEvent", "pipeline_kwargs"]
@@ -196,6 +199,21 @@ class Engine:
                 return the_plan, strategy, f"{strategy.name}: what last ran to the end here for this model, size and batch"
         return the_plan, the_plan.strategy, the_plan.reason
 
+    def with_speed_preset(self, request: GenerationRequest, source: ModelSource) -> GenerationRequest:
+        """`request` with what its speed preset adds besides knobs: `fast` adds the catalog's few-step LoRA for
+        the model (by name at weight 1, so the infotext and `--from` carry it), unless the request already has
+        one or the model itself is a few-step model."""
+        if request.speed not in FEW_STEP_PRESETS or few_step_for(request, source, self._find_lora) is not None:
+            return request
+        found = few_step_for_model(source.family, lambda: source_hash(self.store, source), list_loras(self.store))
+        if found is None:
+            raise RequestError(
+                f"speed={request.speed!r} needs a few-step LoRA for {source.name!r}, and the LoRA catalog has none made "
+                f"from it or for {source.family.value} models: make one with `hayai train distill --model {source.name} "
+                "--dataset FOLDER` (a folder of images like the model's own, e.g. its generations), or put an LCM, TCD, "
+                "Hyper-SD or Lightning LoRA for this family in the LoRA folder")
+        return dataclasses.replace(request, loras=(*request.loras, f"{found[0].name}:1"))
+
     def recommended_for(self, request: GenerationRequest, source: ModelSource):
         """(the settings that fill what `request` leaves unset, the few-step method it uses or None): the model
         card's, under those of a few-step LoRA or model, which need their own sampler, steps and CFG."""
@@ -269,6 +287,7 @@ class Engine:
         memory.reset()
         source = self.catalog.resolve(request.model, allow_pickle=self.allow_pickle, config=request.model_config)
         request, input_size = kind.prepare(request, source.family)
+        request = self.with_speed_preset(request, source)
         # everything the model's family decides is checked before a load (64 px stands in for a native size)
         recommended, few_step = self.recommended_for(request, source)
         kind.check(request.resolve(source.family, input_size or (64, 64), recommended=recommended), source.family)

@@ -262,6 +262,7 @@ def plan(request: Request, body: HayaiRequest):
     queued = queued_request(fields)
     check_request(state.catalog, queued)
     source = state.catalog.resolve(queued.model)
+    queued = state.engine.with_speed_preset(queued, source)
     facts, label = facts_for_source(source)
     side = facts.native_size
     resolved = queued.resolve(source.family, (side, side), recommended=state.engine.recommended_for(queued, source)[0])

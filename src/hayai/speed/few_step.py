@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["METADATA_KEY", "FewStep", "detect", "detect_file", "detect_text", "for_request"]
+__all__ = ["METADATA_KEY", "FewStep", "detect", "detect_file", "detect_text", "for_model", "for_request"]
 
 METADATA_KEY = "hayai.few_step"  # a LoRA's metadata entry: {"method", "steps", "cfg_scale", "sampler", "schedule_type"}
 _TEXT_KEYS = ("ss_output_name", "modelspec.title", "modelspec.description", "ss_training_comment")
@@ -170,3 +170,47 @@ def for_request(request, source, find_lora) -> FewStep | None:
     if found is not None and FAMILY_INFO[source.family].flow_matching:
         found = for_flow_matching(found)
     return found
+
+
+def _distilled_from(metadata: dict) -> str | None:
+    """The model hash a hayai-distilled LoRA names in its few-step metadata, or None."""
+    try:
+        return json.loads(metadata.get(METADATA_KEY, "{}")).get("model_hash")
+    except (ValueError, AttributeError):
+        return None
+
+
+def for_model(family, model_hash, entries) -> tuple[object, FewStep] | None:
+    """The few-step LoRA of the catalog `entries` (`hayai.lora.catalog.LoraEntry`, with their metadata) that
+    `speed=fast` uses for a model of `family`: one distilled from this very model (`model_hash()`, called only
+    if some LoRA was distilled by hayai), else one made for the family (its kohya or modelspec metadata, else
+    its layers' shapes). None when the catalog has none; (entry, method) otherwise."""
+    from hayai.lora.inspect import detect_lora_family, family_from_metadata
+
+    candidates = []
+    for entry in entries:
+        if entry.problem:
+            continue
+        found = detect(str(entry.path), entry.metadata)
+        if found is not None:
+            candidates.append((entry, found))
+    distilled = [(entry, found) for entry, found in candidates if _distilled_from(entry.metadata)]
+    if distilled:
+        wanted = model_hash()
+        for entry, found in distilled:
+            if _distilled_from(entry.metadata) == wanted:
+                return entry, found
+    for entry, found in candidates:
+        if _distilled_from(entry.metadata):
+            continue  # distilled from another model: its steps were learnt from that model's outputs
+        base = family_from_metadata(entry.metadata)
+        if base is None:
+            from hayai.lora.formats import read_lora_file, split_layers
+
+            try:
+                base, _ = detect_lora_family(split_layers(read_lora_file(entry.path))[0], entry.metadata)
+            except (OSError, ValueError):
+                continue
+        if base == family:
+            return entry, found
+    return None

@@ -4,11 +4,14 @@ A preset fills only the knobs a request leaves unset (None); a knob the user set
 does not apply to a family (step caching and token merging work on UNets: SD1.x, SD2, SDXL) is off in
 every preset for that family, while asking for it explicitly is an error (`check_knobs`). The preset
 values are chosen from measurements (benchmarks/speed_levers.py; the figures are in the README).
+
+`fast` sets no knob: it adds a few-step LoRA of the model from the catalog (`Engine.with_speed_preset`),
+whose metadata then sets the steps, sampler and CFG it was distilled for (`hayai.speed.few_step`).
 """
 
 from __future__ import annotations
 
-__all__ = ["DESCRIPTIONS", "KNOBS", "PRESETS", "UNET_LEVERS", "check_knobs", "preset_knobs"]
+__all__ = ["DESCRIPTIONS", "FEW_STEP_PRESETS", "KNOBS", "PRESETS", "UNET_LEVERS", "check_knobs", "preset_knobs"]
 
 # knob -> its "off" value
 KNOBS = {"step_cache": 0, "token_merging": 0.0}
@@ -16,10 +19,15 @@ KNOBS = {"step_cache": 0, "token_merging": 0.0}
 PRESETS: dict[str, dict[str, float]] = {
     "exact": {},  # the plain diffusers call, pixel for pixel
     "balanced": {"step_cache": 3},  # deep UNet features reused for 2 steps of every 3
+    # a few-step LoRA of the model from the catalog (hayai.speed.few_step.for_model), which sets steps, sampler
+    # and CFG; no step caching on top (reusing features across 4 large steps costs far more than at 20)
+    "fast": {},
 }
+FEW_STEP_PRESETS = ("fast",)  # presets that add a few-step LoRA to the request
 
 # what each preset does, in words (the --speed help)
-DESCRIPTIONS = {"exact": "the plain diffusers call", "balanced": "step caching every 3 steps"}
+DESCRIPTIONS = {"exact": "the plain diffusers call", "balanced": "step caching every 3 steps",
+                "fast": "a few-step LoRA of the model, 4 steps at CFG 1; `hayai train distill` makes one"}
 
 # levers implemented for UNet denoisers only (see hayai.speed.step_cache and hayai.speed.token_merging)
 UNET_LEVERS = ("step_cache", "token_merging")
