@@ -85,7 +85,7 @@ def test_params_order_and_omitted_values():
     params = request_to_params(make_request(), model_name="m", model_hash=None, version=VERSION, extra={"ENSD": None})
     assert list(params) == [
         "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "Clip skip", "Speed",
-        "Step cache", "Token merging ratio", "Tiny VAE", "ENSD", "Version",
+        "Step cache", "Token merging ratio", "Block cache", "Tiny VAE", "ENSD", "Version",
     ]
     text = format_infotext("p", "", params)
     assert "Model hash" not in text and "Clip skip" not in text and "ENSD" not in text and "Speed" not in text

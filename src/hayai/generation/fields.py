@@ -155,6 +155,11 @@ FIELDS: tuple[RequestField, ...] = (
        "at the full latent resolution (0 = off) \\[the --speed preset's].", ("--token-merging", "--tome"),
        label="Token merging ratio", aliases=("tome", "token_merging_ratio"), infotext="Token merging ratio",
        minimum=0.0, maximum=0.9),
+    _F("block_cache", "float", None, "Block caching (first-block cache, SD3 and Flux models): on a step where the "
+       "first transformer block's output changed by less than this share since the last full step, skip the "
+       "blocks after it and reuse their change (0 = off; e.g. 0.1; in no --speed preset).", ("--block-cache",),
+       label="Block cache", aliases=("fbcache", "first_block_cache"), infotext="Block cache", minimum=0.0,
+       maximum=1.0),
     _F("tiny_vae", "str", None, "A tiny autoencoder to decode (and encode) with instead of the model's VAE: a "
        "diffusers AutoencoderTiny folder you have, e.g. TAESD (faster, softer detail).", ("--tiny-vae",),
        label="Tiny VAE", aliases=("taesd",), infotext="Tiny VAE"),

@@ -88,6 +88,7 @@ class GenerationRequest:
     speed: str = "exact"  # hayai.speed.presets.PRESETS
     step_cache: int | None = None  # run the deep UNet blocks every N steps, reuse them between (0 or 1: off)
     token_merging: float | None = None  # ToMe ratio of self-attention tokens merged at full latent resolution
+    block_cache: float | None = None  # first-block cache threshold (SD3, Flux): skip the later blocks below it (0: off)
     tiny_vae: str | None = None  # a diffusers AutoencoderTiny folder (TAESD) that replaces the model's VAE
 
     def __post_init__(self) -> None:

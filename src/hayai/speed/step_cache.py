@@ -15,10 +15,12 @@ step by looking the timestep up in `scheduler.timesteps`, which is
 wrong for samplers that evaluate a timestep twice (Heun, DPM2); it keeps one output per block, which is
 wrong under hayai's batch-split strategy (the UNet called once per CFG half and image,
 `memory.apply.split_denoiser_batch`); and it counts nothing a test could check. diffusers' own step
-caches (`diffusers.hooks`: first-block cache, MagCache, ...) walk a flat list of transformer blocks,
-which a UNet does not have. So this module uses diffusers' hook registry (`diffusers.hooks.HookRegistry`,
-the mechanism those caches are built on) to replace the cached blocks' outputs, and removes its hooks
-after the call.
+caches (`diffusers.hooks`: first-block cache, MagCache, ...) walk a flat list of transformer blocks, each
+adding to the one stream of features, which a UNet does not have: its blocks change resolution and pass
+skip connections, so no one block's output stands for the rest. Those caches serve the transformer
+families instead (the first-block cache is `hayai.speed.block_cache`, for SD3 and Flux). So this module
+uses diffusers' hook registry (`diffusers.hooks.HookRegistry`, the mechanism those caches are built on)
+to replace the cached blocks' outputs, and removes its hooks after the call.
 """
 
 from __future__ import annotations
