@@ -57,8 +57,10 @@ class FewStep:
         if request.sampler not in self.samplers:
             found.append(f"{what}: sampler {request.sampler!r} is not one it was distilled for "
                          f"({', '.join(self.samplers)})")
-        if request.step_cache and request.step_cache > 1:
-            found.append(f"{what}: step caching (step_cache={request.step_cache}) reuses features across the few large "
+        cached = [f"step_cache={request.step_cache}"] if request.step_cache and request.step_cache > 1 else []
+        cached += [f"block_cache={request.block_cache:g}"] if getattr(request, "block_cache", None) else []
+        if cached:
+            found.append(f"{what}: step caching ({', '.join(cached)}) reuses features across the few large "
                          "steps of a distilled model, which costs far more quality than at 20 steps")
         return found
 

@@ -23,6 +23,7 @@ from hayai.errors import RequestError
 from hayai.hardware import parse_size
 
 __all__ = [
+    "CHOICES",
     "DEFAULT_STEPS_RANGE",
     "LR_SCHEDULERS",
     "MIXED_PRECISION",
@@ -40,6 +41,7 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SAVE_FORMATS = ("kohya", "diffusers")
 METHODS = ("lora", "lcm")  # what the LoRA learns: the dataset's look, or the model's own sampling in few steps
+CHOICES = {"method": METHODS, "lr_scheduler": LR_SCHEDULERS, "optimizer": OPTIMIZERS, "mixed_precision": MIXED_PRECISION}
 # Default length: each training image seen about 100 times (kohya users' "10 repeats x 10 epochs"),
 # within these bounds; kohya's fixed default of 1600 steps is too long for 10 images, too short for 200.
 VIEWS_PER_IMAGE = 100

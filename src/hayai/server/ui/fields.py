@@ -46,12 +46,15 @@ def control(name: str, **overrides):
 def train_control(name: str, **overrides):
     """The control for TrainConfig field `name`, with its help text and default."""
     from hayai.training import TrainConfig
+    from hayai.training.config import CHOICES
 
     field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
     common = {"label": overrides.pop("label", name.replace("_", " ")), "info": field.metadata.get("help", ""),
               "elem_id": f"train_{name}"}
     default = overrides.pop("value", field.default)
     kind = str(field.type)
+    if name in CHOICES:
+        return gr.Dropdown(choices=list(CHOICES[name]), value=default, **common, **overrides)
     if "bool" in kind:
         return gr.Checkbox(value=bool(default), **common, **overrides)
     if "int" in kind or "float" in kind:

@@ -14,8 +14,8 @@ from hayai.server.ui.fields import train_control
 
 __all__ = ["TrainPage", "loss_series", "loss_picture", "dataset_report"]
 
-FORM = ("output_name", "trigger_word", "resolution", "steps", "rank", "learning_rate", "batch_size", "seed",
-        "checkpoint_every", "validation_every", "sample_every")
+FORM = ("output_name", "method", "trigger_word", "resolution", "steps", "rank", "learning_rate", "batch_size", "seed",
+        "checkpoint_every", "validation_every", "sample_every", "distill_steps")
 
 
 def dataset_names(state) -> list[str]:
