@@ -251,8 +251,7 @@ class Engine:
         free_memory()
 
     def _memory_key(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[str, str, int, int, int]:
-        spec = self.device_spec
-        return (loaded.sha256, f"{spec.kind}|{spec.name}|{spec.total_bytes}", request.width, request.height, request.batch_size)
+        return (loaded.sha256, self.device_spec.key, request.width, request.height, request.batch_size)
 
     # -- the run ---------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, options: RunOptions | None = None, *,
