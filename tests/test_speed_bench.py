@@ -112,3 +112,70 @@ def test_adherence_is_measured_on_the_demo_model_only(tiny_folders):
     assert bench.details["step_cache=2"]["quality"]["images"] == 3
     other = bench_speed(engine, model=str(tiny_folders[Family.SD1]), levers=["exact"], steps=2, repeats=1)
     assert other.measurements[0].adherence_points is None and "demo model only" in other.quality
+
+
+# -- execution levers: on only where measured here to pay -----------------------------------------------------
+
+
+def test_an_execution_lever_is_on_only_where_it_paid_and_kept_the_pixels():
+    from hayai.memory.strategies import Strategy
+    from hayai.speed.execution import choose
+
+    def measured(ratio, psnr):
+        return [_measurement("exact"), SpeedMeasurement(**{**_measurement("channels_last", ratio=ratio).__dict__,
+                                                          "psnr_db": psnr})]
+
+    assert choose(measured(0.8, 52.0)) == (frozenset({"channels_last"}), [
+        "channels_last: on, 0.80x end to end, images 52.0 dB PSNR to the exact run's"])
+    assert choose(measured(0.8, math.inf))[0] == {"channels_last"}
+    for ratio, psnr, why in [(0.97, 60.0, "0.97x end to end (it pays below 0.95x)"),
+                             (0.8, 31.0, "its images differ (31.0 dB PSNR to the exact run's; 40 needed)"),
+                             (0.8, None, "its pixels were not compared (measured with --no-quality)")]:
+        assert choose(measured(ratio, psnr)) == (frozenset(), [f"channels_last: off, {why}"])
+    assert "not measured here at this size" in choose([_measurement("exact")])[1][0]
+    streamed = Strategy(placement="group_offload", device="cuda", dtype="float16")
+    assert choose(measured(0.8, 52.0), streamed)[0] == frozenset()
+
+
+def test_the_engine_goes_by_the_measurements_made_here(tiny_folders, tmp_path):
+    import numpy as np
+    import torch
+
+    from hayai.generation.engine import Engine
+    from hayai.generation.imagefile import read_image_metadata
+    from hayai.generation.request import GenerationRequest
+
+    engine = Engine(device="cpu")
+    model = str(tiny_folders[Family.SD1])
+    request = GenerationRequest("a red circle", model=model, steps=2, seed=1, output_dir=str(tmp_path))
+
+    def run(**options):
+        result = engine.generate(request, engine.run_options(**options))
+        weight = engine.load(model).pipe.unet.conv_in.weight
+        image = result.images[0]
+        return (np.asarray(image.image, dtype=np.int16), weight.is_contiguous(memory_format=torch.channels_last)
+                and not weight.is_contiguous(), read_image_metadata(image.path).hayai.get("execution"), result)
+
+    plain, converted, named, result = run()
+    assert not converted and named is None  # nothing measured: the plain run
+    paid = SpeedMeasurement(**{**_measurement("channels_last", width=64, steps=2, ratio=0.8).__dict__, "psnr_db": 55.0,
+                               "model_hash": result.model_hash, "device_key": engine.device_spec.key})
+    engine.store.record_speed([SpeedMeasurement(**{**paid.__dict__, "lever": "exact", "denoise_ratio": 1.0,
+                                                   "end_to_end_ratio": 1.0, "psnr_db": None}), paid])
+    faster, converted, named, _ = run()
+    assert converted and named == ["channels_last"] and np.abs(faster - plain).max() <= 2
+    again, converted, named, _ = run(execution=frozenset())  # a caller's set wins (the bench's exact run)
+    assert not converted and named is None and np.array_equal(again, plain)
+    plan = json.loads(hayai("plan", "-m", model, "--steps", "2", "--json").stdout)
+    assert plan["execution"]["levers"] == ["channels_last"] and "0.80x end to end" in plan["execution"]["reasons"][0]
+
+
+def test_the_bench_measures_an_execution_lever_against_the_plain_run(tiny_folders):
+    model = str(tiny_folders[Family.SD1])
+    bench = json.loads(hayai("bench", "speed", "-m", model, "--steps", "2", "--repeats", "1",
+                             "--levers", "channels_last", "--json").stdout)
+    exact, lever = bench["levers"]
+    assert lever["lever"] == "channels_last" and lever["request"]["execution"] == ["channels_last"]
+    assert "execution" not in exact["request"] and (lever["identical"] or lever["psnr_db"] > 40)
+    shown = hayai("plan", "-m", model, "--steps", "2").stdout
+    assert "execution: " in shown and "channels_last: " in shown

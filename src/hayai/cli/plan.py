@@ -47,6 +47,7 @@ def plan(
     from hayai.memory.planner import PlanRequest
     from hayai.memory.planner import plan_keeping_counts
     from hayai.memory.presets import PRESETS, suggest
+    from hayai.speed.execution import choose
     from hayai.store import Store
 
     source, facts, label = _facts(model)
@@ -56,11 +57,14 @@ def plan(
     with Store() as store:
         result = plan_keeping_counts(store, facts, shape, spec)
         measured = _measured_levers(store, source, here, shape)
+    execution, why = choose(measured, result.chosen.strategy) if measured else (frozenset(), [])
     suggestions = [suggest(spec, facts.family, p, native=facts.native_size) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
                                      "presets": [s.to_dict() for s in suggestions],
-                                     "speed_levers": [m.to_dict() for m in measured]}, indent=2) + "\n")
+                                     "speed_levers": [m.to_dict() for m in measured],
+                                     "execution": {"levers": sorted(execution), "reasons": why}},
+                                    indent=2) + "\n")
         return
     from rich.table import Column, Table
 
@@ -87,7 +91,7 @@ def plan(
     for s in suggestions:
         console.print(f"preset {s.preset:>8} ({s.tier} tier): {s.width}x{s.height}, batch {s.batch_size}, {s.steps} steps")
     if here is not None:
-        _print_measured(measured, model)
+        _print_measured(measured, model, execution, why)
 
 
 def _measured_levers(store, source, here, shape) -> list:
@@ -102,7 +106,7 @@ def _measured_levers(store, source, here, shape) -> list:
     return nearest(store.speed_measurements(model_hash, here.key), shape.width, shape.height, shape.steps)
 
 
-def _print_measured(measured, model: str | None) -> None:
+def _print_measured(measured, model: str | None, execution, why: list[str]) -> None:
     from datetime import datetime
 
     from hayai.cli.bench import print_levers
@@ -118,6 +122,8 @@ def _print_measured(measured, model: str | None) -> None:
     console.print(escape(f"speed levers (measured here on {when}, {size} px, {first.steps} steps, "
                          f"{first.threads} thread(s)): time as a ratio to the exact run"))
     print_levers(measured)
+    console.print(escape(f"execution: {', '.join(sorted(execution)) or 'plain'} ({'; '.join(why)})"),
+                  style=None if execution else "dim")
 
 
 def _legend(strategies) -> None:

@@ -2,12 +2,15 @@
 
 A lever is `exact` or request fields joined by '+' (`step_cache=3`, `speed=balanced`,
 `step_cache=3+token_merging=0.5`), typed by the field table; `tiny_vae=random` is TAESD's architecture
-with random weights (for time only).
+with random weights (for time only). An execution lever (`hayai.speed.execution`: `channels_last`) is a
+bare name, alone or joined the same way; every run states its execution levers, so the exact run is the
+plain one whatever was measured before.
 
 - `measure_time`: `Engine.generate` for every lever. After one untimed warm-up run, `repeats` rounds run
   every lever once, in an order rotated each round, so drift on a shared machine hits all alike. Per lever:
-  median denoising seconds (the engine's phase timer) and end-to-end seconds (the whole call: prompt
-  encoding, denoising, decoding), and the medians of their per-round ratios to the exact run of the same
+  median denoising seconds (the engine's phase timer) and end-to-end seconds (the whole call less its
+  load phase: prompt encoding, denoising, decoding; a resident model loads nothing, and putting an
+  execution lever on or off between runs is the bench's doing, not a run's), and the medians of their per-round ratios to the exact run of the same
   round (< 1: faster); the same for this process's CPU time, which other work disturbs less than wall time.
 - `demo_quality`: adherence on the demo model's prompt set (`hayai.demo.adherence.evaluate`) for every
   lever, and the distance of each image to the exact run's image of the same prompt and seed.
@@ -18,6 +21,7 @@ with random weights (for time only).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -25,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hayai.errors import RequestError
+from hayai.speed.execution import EXECUTION_LEVERS
 from hayai.store.speed_measurements import SpeedMeasurement
 
 __all__ = ["DEFAULT_LEVERS", "PROMPT", "SpeedBench", "TimedLevers", "bench_speed", "demo_quality", "distance",
-           "is_demo_model", "lever_list", "measure_time", "parse_lever"]
+           "execution_of", "is_demo_model", "lever_list", "measure_time", "parse_lever"]
 
 DEFAULT_LEVERS = "exact,step_cache=2,step_cache=3,step_cache=4,token_merging=0.5,step_cache=3+token_merging=0.5"
 PROMPT = "a photo of a red fox in a snowy forest, detailed, sharp focus"
@@ -37,18 +42,22 @@ _CONVERT = {"int": int, "float": float, "str": str, "bool": lambda v: {"true": T
 
 def parse_lever(text: str) -> dict:
     """'exact' -> {}; 'step_cache=3+token_merging=0.5' -> the request fields, typed by the field table.
-    `tiny_vae=random` is an AutoencoderTiny of TAESD's architecture with random weights (for time only)."""
+    `tiny_vae=random` is an AutoencoderTiny of TAESD's architecture with random weights (for time only).
+    Execution levers (bare names) are not request fields: `execution_of` reads them."""
     from hayai.generation.fields import FIELD
 
     if text == "exact":
         return {}
     fields = {}
     for part in text.split("+"):
+        if part in EXECUTION_LEVERS:
+            continue
         name, _, value = part.partition("=")
         spec = FIELD.get(name)
         if spec is None or not value or spec.type not in _CONVERT:
-            raise RequestError(f"lever {text!r}: {part!r} is not FIELD=VALUE of a request field "
-                               "(e.g. step_cache=3, speed=balanced, step_cache=3+token_merging=0.5)")
+            raise RequestError(f"lever {text!r}: {part!r} is not FIELD=VALUE of a request field (e.g. step_cache=3, "
+                               f"speed=balanced, step_cache=3+token_merging=0.5) nor an execution lever "
+                               f"({', '.join(EXECUTION_LEVERS)})")
         if (name, value) == ("tiny_vae", "random"):
             fields[name] = _random_taesd()
             continue
@@ -57,6 +66,11 @@ def parse_lever(text: str) -> dict:
         except (ValueError, KeyError):
             raise RequestError(f"lever {text!r}: {name}={value!r} is not a {spec.type}") from None
     return fields
+
+
+def execution_of(text: str) -> frozenset[str]:
+    """The execution levers a lever names ('channels_last+step_cache=3' -> {'channels_last'})."""
+    return frozenset(part for part in text.split("+") if part in EXECUTION_LEVERS)
 
 
 def lever_list(text: str) -> list[str]:
@@ -87,11 +101,12 @@ def _median(values: list[float]) -> float:
 
 
 def _knobs(request, lever: str) -> dict:
-    """What a lever ran with: the speed knobs, the sampler settings and the fields the lever names."""
+    """What a lever ran with: the speed knobs, the sampler settings, the fields and execution levers it names."""
     from hayai.speed.presets import KNOBS
 
     names = ("speed", *KNOBS, "sampler", "schedule_type", "steps", "cfg_scale", *parse_lever(lever))
-    return {name: getattr(request, name) for name in dict.fromkeys(names)}
+    knobs = {name: getattr(request, name) for name in dict.fromkeys(names)}
+    return {**knobs, "execution": sorted(execution_of(lever))} if execution_of(lever) else knobs
 
 
 @dataclass
@@ -109,7 +124,8 @@ def measure_time(engine, levers: list[str], *, model: str | None, size: int | No
     log = log or (lambda line: None)
     base = {"model": model, "steps": steps, "width": size, "height": size, "seed": seed}
     requests = {name: GenerationRequest(prompt, **{**base, **parse_lever(name)}) for name in levers}
-    engine.generate(GenerationRequest(prompt, **{**base, "steps": 2}), save=False)  # warm-up: load, first-use costs
+    plain = engine.run_options(save=False, execution=frozenset())
+    engine.generate(GenerationRequest(prompt, **{**base, "steps": 2}), plain)  # warm-up: load, first-use costs
     runs: dict[str, list[dict]] = {name: [] for name in levers}
     results, images = {}, {}
     for round_ in range(repeats):
@@ -121,11 +137,13 @@ def measure_time(engine, levers: list[str], *, model: str | None, size: int | No
                 if event.phase == "denoise":
                     stamps.append(time.process_time())
 
+            options = dataclasses.replace(plain, progress=on_event, execution=execution_of(name))
             start, start_cpu = time.perf_counter(), time.process_time()
-            result = engine.generate(requests[name], save=False, progress=on_event)
-            runs[name].append({"end_to_end": time.perf_counter() - start, "denoise": result.timings["denoise"],
+            result = engine.generate(requests[name], options)
+            load = result.timings.get("load", 0.0)
+            runs[name].append({"end_to_end": time.perf_counter() - start - load, "denoise": result.timings["denoise"],
                                "decode": result.timings.get("vae_decode", 0.0),
-                               "end_to_end_cpu": time.process_time() - start_cpu,
+                               "end_to_end_cpu": time.process_time() - start_cpu - load,
                                "step_cpu": (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else None})
             results[name] = result
             images.setdefault(name, result.images[0].image)
