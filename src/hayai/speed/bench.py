@@ -209,7 +209,7 @@ def demo_quality(levers: list[str], *, seeds: int, steps: int | None = None, pro
             continue
         kept = images.setdefault(name, {})
         report = evaluate(str(BUILTIN_MODEL), steps=steps, cfg_scale=None, sampler=None, seeds=seeds, prompts=prompts,
-                          request_fields=parse_lever(name),
+                          request_fields=parse_lever(name), run_options={"execution": execution_of(name)},
                           on_image=lambda prompt, seed, image, kept=kept: kept.__setitem__((prompt, seed), image))
         row = {"adherence_points": round(100 * statistics.mean(report.accuracy.values()), 2),
                "accuracy": {k: round(v, 4) for k, v in report.accuracy.items()},
