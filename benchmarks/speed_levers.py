@@ -21,6 +21,8 @@ quality: `hayai.demo.adherence.evaluate` on the shipped demo model (its card's s
          The demo model has no attention at its full latent resolution, so token merging changes nothing
          there (as its figures show).
 
+The measuring is `hayai.speed.bench`, which `hayai bench speed` runs too; the time part's figures are also
+kept in hayai's store (as `hayai bench speed --no-quality` keeps them), so `hayai plan -m MODEL` shows them.
 Prints JSON; merges it into benchmarks/results/speed_levers_<machine>.json (--out FILE, --no-write).
 """
 
@@ -28,139 +30,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, describe_machine
 
-DEFAULT_LEVERS = "exact,step_cache=2,step_cache=3,step_cache=4,token_merging=0.5,step_cache=3+token_merging=0.5"
-PROMPT = "a photo of a red fox in a snowy forest, detailed, sharp focus"
-
-
-def parse_lever(text: str) -> dict:
-    """'exact' -> {}; 'step_cache=3+token_merging=0.5' -> the request fields, typed by the field table.
-    `tiny_vae=random` is an AutoencoderTiny of TAESD's architecture with random weights (for time only)."""
-    from hayai.generation.fields import FIELD
-
-    if text == "exact":
-        return {}
-    fields = {}
-    for part in text.split("+"):
-        name, _, value = part.partition("=")
-        spec = FIELD.get(name)
-        if spec is None or not value:
-            raise SystemExit(f"lever {text!r}: {part!r} is not FIELD=VALUE of a request field")
-        fields[name] = _random_taesd() if (name, value) == ("tiny_vae", "random") else (
-            {"int": int, "float": float}.get(spec.type, str)(value))
-    return fields
-
-
-def _random_taesd() -> str:
-    """A folder with an AutoencoderTiny of TAESD's architecture (diffusers' defaults) and random weights."""
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderTiny
-
-    folder = Path(tempfile.gettempdir()) / "hayai-bench-random-taesd"
-    if not (folder / "config.json").exists():
-        torch.manual_seed(0)
-        AutoencoderTiny().save_pretrained(folder)
-    return str(folder)
-
-
-def _median(values: list[float]) -> float:
-    return round(statistics.median(values), 4)
+from hayai.speed.bench import DEFAULT_LEVERS, PROMPT, bench_speed, demo_quality, lever_list  # noqa: E402
 
 
 def measure_time(levers: list[str], *, model: str, size: int, steps: int, repeats: int, seed: int) -> dict:
+    """`hayai bench speed --no-quality` on the CPU: the figures are also kept for `hayai plan`."""
     from hayai.generation.engine import Engine
-    from hayai.generation.request import GenerationRequest
 
-    engine = Engine(device="cpu")
-    requests = {name: GenerationRequest(PROMPT, model=model, steps=steps, width=size, height=size, seed=seed,
-                                        **parse_lever(name)) for name in levers}
-    engine.generate(GenerationRequest(PROMPT, model=model, steps=2, width=size, height=size, seed=seed), save=False)
-    runs: dict[str, list[dict]] = {name: [] for name in levers}
-    resolved = {}
-    for round_ in range(repeats):
-        order = levers[round_ % len(levers):] + levers[: round_ % len(levers)]
-        for name in order:
-            stamps: list[float] = []  # process CPU seconds at the end of every denoising step
-
-            def on_event(event, stamps=stamps):
-                if event.phase == "denoise":
-                    stamps.append(time.process_time())
-
-            start, start_cpu = time.perf_counter(), time.process_time()
-            result = engine.generate(requests[name], save=False, progress=on_event)
-            runs[name].append({"end_to_end": time.perf_counter() - start, "denoise": result.timings["denoise"],
-                               "decode": result.timings.get("vae_decode", 0.0),
-                               "end_to_end_cpu": time.process_time() - start_cpu,
-                               "step_cpu": (stamps[-1] - stamps[0]) / (len(stamps) - 1)})
-            resolved[name] = result.request
-            print(f"round {round_ + 1}/{repeats} {name}: {runs[name][-1]['end_to_end']:.1f} s", file=sys.stderr)
-    rows = {}
-    for name in levers:
-        denoise_ratios = [run["denoise"] / base["denoise"] for run, base in zip(runs[name], runs["exact"])]
-        e2e_ratios = [run["end_to_end"] / base["end_to_end"] for run, base in zip(runs[name], runs["exact"])]
-        cpu_ratios = [run["end_to_end_cpu"] / base["end_to_end_cpu"] for run, base in zip(runs[name], runs["exact"])]
-        step_ratios = [run["step_cpu"] / base["step_cpu"] for run, base in zip(runs[name], runs["exact"])]
-        rows[name] = {
-            "request": {k: getattr(resolved[name], k) for k in ("speed", "step_cache", "token_merging", "sampler",
-                                                                 "schedule_type", "steps", "cfg_scale")},
-            "denoise_seconds": _median([r["denoise"] for r in runs[name]]),
-            "end_to_end_seconds": _median([r["end_to_end"] for r in runs[name]]),
-            "decode_seconds": _median([r["decode"] for r in runs[name]]),
-            "denoise_ratio": _median(denoise_ratios),
-            "end_to_end_ratio": _median(e2e_ratios),
-            "denoise_speedup": round(1 / statistics.median(denoise_ratios), 3),
-            "end_to_end_speedup": round(1 / statistics.median(e2e_ratios), 3),
-            # CPU time of this process (one torch thread): less disturbed by other work on a shared machine
-            "end_to_end_cpu_seconds": _median([r["end_to_end_cpu"] for r in runs[name]]),
-            "step_cpu_seconds": _median([r["step_cpu"] for r in runs[name]]),
-            "end_to_end_cpu_ratio": _median(cpu_ratios),
-            "step_cpu_ratio": _median(step_ratios),
-            "rounds": [{k: round(v, 3) for k, v in r.items()} for r in runs[name]],
-        }
+    bench = bench_speed(Engine(device="cpu"), model=model, levers=levers, size=size, steps=steps, repeats=repeats,
+                        quality=False, seed=seed, log=lambda line: print(line, file=sys.stderr))
     return {"model": model, "size": size, "steps": steps, "repeats": repeats, "prompt": PROMPT, "seed": seed,
-            "levers": rows}
+            "levers": {name: detail["time"] for name, detail in bench.details.items()}}
 
 
 def measure_quality(levers: list[str], *, seeds: int) -> dict:
-    from hayai.demo import BUILTIN_MODEL
-    from hayai.demo.adherence import evaluate
-    from hayai.speed.quality import psnr, ssim
-
-    images: dict[str, dict] = {}
-    rows = {}
-    for name in ["exact"] + [lever for lever in levers if lever != "exact"]:
-        if "tiny_vae" in name:  # no tiny autoencoder exists for the demo model's latent space
-            rows[name] = {"not_measured": "no AutoencoderTiny was trained for the demo model's VAE"}
-            continue
-        kept = images.setdefault(name, {})
-        report = evaluate(str(BUILTIN_MODEL), steps=None, cfg_scale=None, sampler=None, seeds=seeds,
-                          request_fields=parse_lever(name),
-                          on_image=lambda prompt, seed, image, kept=kept: kept.__setitem__((prompt, seed), image))
-        accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
-        row = {"adherence_points": round(100 * statistics.mean(report.accuracy.values()), 2), "accuracy": accuracy,
-               "images": report.images, "seconds": round(report.seconds, 2),
-               "settings": {"steps": report.steps, "cfg_scale": report.cfg_scale, "sampler": report.sampler,
-                            "schedule_type": report.schedule_type}}
-        if name != "exact":
-            pairs = [(images["exact"][key], image) for key, image in kept.items()]
-            psnrs = [psnr(a, b) for a, b in pairs]
-            finite = [p for p in psnrs if math.isfinite(p)]
-            row["psnr_db"] = round(statistics.mean(finite), 2) if finite else math.inf
-            row["identical_images"] = len(psnrs) - len(finite)
-            row["ssim"] = round(statistics.mean(ssim(a, b) for a, b in pairs), 4)
-            row["adherence_change_points"] = round(row["adherence_points"] - rows["exact"]["adherence_points"], 2)
-            row["seconds_ratio"] = round(row["seconds"] / rows["exact"]["seconds"], 3)
-        rows[name] = row
+    rows = demo_quality(levers, seeds=seeds, log=lambda line: print(line, file=sys.stderr))
     return {"model": "hayai-shapes (built-in demo model)", "seeds": list(range(seeds)), "levers": rows}
 
 
@@ -184,11 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    levers = args.levers.split(",")
-    if "exact" not in levers:
-        levers.insert(0, "exact")
-    for lever in levers:
-        parse_lever(lever)
+    from hayai.errors import RequestError
+
+    try:
+        levers = lever_list(args.levers)
+    except RequestError as error:
+        parser.error(str(error))
     stem, machine = describe_machine("cpu", args.threads)
     result: dict = {}
     if "time" in args.part:

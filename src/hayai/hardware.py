@@ -79,6 +79,11 @@ class DeviceSpec:
         return {"cuda": f"cuda:{self.index}", "rocm": f"cuda:{self.index}"}.get(self.kind, self.kind)
 
     @property
+    def key(self) -> str:
+        """This device among others, in what the store keeps per device (the planner's memory, speed measurements)."""
+        return f"{self.kind}|{self.name}|{self.total_bytes}"
+
+    @property
     def half_dtype(self) -> str:
         return "bfloat16" if self.bf16 else ("float16" if self.fp16 else "float32")
 

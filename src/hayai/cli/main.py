@@ -12,7 +12,7 @@ import sys
 from hayai.cli.app import App
 
 from hayai.cli import eval as eval_cli
-from hayai.cli import dataset, generate, history, lora, models, plan, prompt, serve, sweep, train
+from hayai.cli import bench, dataset, generate, history, lora, models, plan, prompt, serve, sweep, train
 
 app = App(
     name="hayai",
@@ -28,6 +28,7 @@ app.command("info")(generate.info)
 app.command("history")(history.history)
 app.command("doctor")(plan.doctor)
 app.command("plan")(plan.plan)
+app.add_typer(bench.app, name="bench")
 app.add_typer(models.app, name="models")
 app.add_typer(lora.app, name="lora")
 app.add_typer(prompt.app, name="prompt")

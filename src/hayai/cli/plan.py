@@ -47,18 +47,24 @@ def plan(
     from hayai.memory.planner import PlanRequest
     from hayai.memory.planner import plan_keeping_counts
     from hayai.memory.presets import PRESETS, suggest
+    from hayai.speed.execution import choose
     from hayai.store import Store
 
-    facts, label = _facts(model)
-    spec = _device(device, vram)
+    source, facts, label = _facts(model)
+    spec, here = _device(device, vram)
     side = facts.native_size
     shape = PlanRequest(width or side, height or side, batch, cfg > 1, steps)
     with Store() as store:
         result = plan_keeping_counts(store, facts, shape, spec)
+        measured = _measured_levers(store, source, here, shape)
+    execution, why = choose(measured, result.chosen.strategy) if measured else (frozenset(), [])
     suggestions = [suggest(spec, facts.family, p, native=facts.native_size) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
-                                     "presets": [s.to_dict() for s in suggestions]}, indent=2) + "\n")
+                                     "presets": [s.to_dict() for s in suggestions],
+                                     "speed_levers": [m.to_dict() for m in measured],
+                                     "execution": {"levers": sorted(execution), "reasons": why}},
+                                    indent=2) + "\n")
         return
     from rich.table import Column, Table
 
@@ -84,6 +90,40 @@ def plan(
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     for s in suggestions:
         console.print(f"preset {s.preset:>8} ({s.tier} tier): {s.width}x{s.height}, batch {s.batch_size}, {s.steps} steps")
+    if here is not None:
+        _print_measured(measured, model, execution, why)
+
+
+def _measured_levers(store, source, here, shape) -> list:
+    """The speed levers measured for this model on this machine's device nearest the plan's size and steps
+    (none when planning for another device)."""
+    from hayai.models.catalog import cached_source_hash
+    from hayai.store.speed_measurements import nearest
+
+    model_hash = cached_source_hash(store, source) if here is not None else None
+    if model_hash is None:  # never run here as it is now, so never measured either
+        return []
+    return nearest(store.speed_measurements(model_hash, here.key), shape.width, shape.height, shape.steps)
+
+
+def _print_measured(measured, model: str | None, execution, why: list[str]) -> None:
+    from datetime import datetime
+
+    from hayai.cli.bench import print_levers
+
+    if not measured:
+        console.print(escape(f"speed levers: not measured here for this model (`hayai bench speed"
+                             f"{f' -m {model}' if model else ''}` measures them)"), style="dim")
+        return
+    first = measured[0]
+    days = sorted({datetime.fromisoformat(m.measured_at).astimezone().date().isoformat() for m in measured})
+    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    size = f"{first.width}" if first.width == first.height else first.size
+    console.print(escape(f"speed levers (measured here on {when}, {size} px, {first.steps} steps, "
+                         f"{first.threads} thread(s)): time as a ratio to the exact run"))
+    print_levers(measured)
+    console.print(escape(f"execution: {', '.join(sorted(execution)) or 'plain'} ({'; '.join(why)})"),
+                  style=None if execution else "dim")
 
 
 def _legend(strategies) -> None:
@@ -110,20 +150,23 @@ def _dominated(candidate, everyone) -> bool:
 
 
 def _facts(model: str | None):
+    """(the resolved model, its facts, how to name it)."""
     from hayai.memory.facts import facts_for_source
     from hayai.models.catalog import Catalog
     from hayai.store import Store
 
-    return facts_for_source(Catalog(Store()).resolve(model))
+    with Store() as store:
+        source = Catalog(store).resolve(model)
+    return (source, *facts_for_source(source))
 
 
 def _device(device: str | None, vram: str | None):
+    """(the device to plan for, this machine's device it stands for, or None when planning for another)."""
     from hayai.hardware import capped, parse_device_spec, probe
 
     if device:
-        spec = parse_device_spec(device)
-    else:
-        spec = probe().best
-        if vram and not spec.accelerator:  # no GPU here: plan for a generic card of that size
-            return parse_device_spec(f"{vram} CUDA card")
-    return capped(spec, parse_size(vram)) if vram else spec
+        return parse_device_spec(device), None
+    here = probe().best
+    if vram and not here.accelerator:  # no GPU here: plan for a generic card of that size
+        return parse_device_spec(f"{vram} CUDA card"), None
+    return (capped(here, parse_size(vram)) if vram else here), here

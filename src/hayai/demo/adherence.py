@@ -215,6 +215,7 @@ def evaluate(
     progress=None,
     request_fields: dict | None = None,
     on_image=None,
+    run_options: dict | None = None,
 ) -> AdherenceReport:
     """The adherence of `model` (a name or path, as `hayai generate -m` takes; None: the default model).
 
@@ -223,7 +224,8 @@ def evaluate(
     `hayai generate` makes), and each image is scored. Without an `engine`, the model is found in the
     user's catalog but the images are neither saved nor logged to the user's history.
     `progress(done, total)` is called after each prompt. `request_fields` are more request fields for
-    every image (e.g. speed levers); `on_image(prompt, seed, image)` sees every image scored.
+    every image (e.g. speed levers), `run_options` changes to the engine's run options (e.g. execution
+    levers); `on_image(prompt, seed, image)` sees every image scored.
     """
     import tempfile
     import time
@@ -250,7 +252,7 @@ def evaluate(
                 prompt, model=model, steps=steps, cfg_scale=cfg_scale, sampler=sampler, schedule_type=schedule_type,
                 seed=0, batch_size=seeds, **(request_fields or {}),
             )
-            result = engine.generate(request, save=False)
+            result = engine.generate(request, engine.run_options(**{**(run_options or {}), "save": False}))
             resolved = result.request
             for image in result.images:
                 tally.add(image.image, prompt, image.seed)

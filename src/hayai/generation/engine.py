@@ -3,13 +3,15 @@
 `Engine.generate` reads like a diffusers pipeline call, in numbered steps:
 1. resolve the model the request names, 2. load it, or reuse it if resident (`resident.ResidentModels`),
 3. resolve the request against the model (defaults, sampler, random seed), 4. plan how to run it on
-this device and place the pipeline accordingly, 5. run the pipeline once per batch, timing each phase,
+this device and place the pipeline accordingly (with the execution levers that measurements made here
+show pay, `hayai.speed.execution`), 5. run the pipeline once per batch, timing each phase,
 stepping down to a leaner strategy and retrying with the same seeds if memory runs out, 6. save every
 image atomically with its A1111 infotext and the full request, 7. log the run and remember the
 strategy that worked.
 
 The pipeline call itself is the plain diffusers call (see `execute.pipeline_kwargs`), so an image from
-the engine is pixel-identical to one from diffusers with the same settings.
+the engine is pixel-identical to one from diffusers with the same settings (unless an execution lever,
+measured to stay within its pixel tolerance, is on: the image's record names it).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from hayai.generation.timing import PeakMemory, PhaseTimer
 from hayai.hardware import DeviceSpec, cap_memory, host_memory, probe
 from hayai.lora import AppliedLora, LoraSet, LoraSpec, combine_specs, find_lora
 from hayai.lora.catalog import list_loras
-from hayai.memory.apply import apply_strategy, encode_device, free_memory, is_out_of_memory, return_to_host
+from hayai.memory.apply import apply_execution, apply_strategy, encode_device, free_memory, is_out_of_memory, return_to_host
 from hayai.memory.facts import facts_from_pipeline
 from hayai.memory.planner import Plan, plan_keeping_counts
 from hayai.memory.strategies import Strategy, candidates
@@ -42,10 +44,12 @@ from hayai.models.components import denoiser_of
 from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
+from hayai.speed import execution as execution_levers
 from hayai.speed.few_step import for_model as few_step_for_model
 from hayai.speed.few_step import for_request as few_step_for
 from hayai.speed.presets import FEW_STEP_PRESETS
 from hayai.store.recording import recorded_run
+from hayai.store.speed_measurements import nearest
 
 __all__ = ["Engine", "GenerationResult", "GeneratedImage", "LoadedModel", "ProgressEvent", "pipeline_kwargs"]
 
@@ -64,6 +68,7 @@ class LoadedModel:
     loras: LoraSet | None  # the LoRAs patched into this pipeline's weights (None with the pipeline dropped)
     strategy: Strategy | None = None  # how the pipeline is placed now (None: as loaded, on the CPU)
     lora_specs: tuple[LoraSpec, ...] = ()  # what `loras` holds now
+    execution: frozenset[str] = frozenset()  # the execution levers on the pipeline now (hayai.speed.execution)
     applied_loras: list[AppliedLora] = field(default_factory=list)
     derived: dict = field(default_factory=dict)  # the other kinds' pipelines over these modules (kinds.base)
 
@@ -214,6 +219,16 @@ class Engine:
                 "Hyper-SD or Lightning LoRA for this family in the LoRA folder")
         return dataclasses.replace(request, loras=(*request.loras, f"{found[0].name}:1"))
 
+    def execution_for(self, loaded: LoadedModel, request: GenerationRequest,
+                      options: RunOptions | None = None) -> tuple[frozenset[str], list[str]]:
+        """The execution levers for a resolved request (the options', else those that measurements made here
+        for this model at the nearest size show pay), and why."""
+        options = options or self.run_options()
+        if options.execution is not None:
+            return execution_levers.check(options.execution), ["asked for by the caller"]
+        measured = self.store.speed_measurements(loaded.sha256, self.device_spec.key)
+        return execution_levers.choose(nearest(measured, request.width, request.height, request.steps))
+
     def recommended_for(self, request: GenerationRequest, source: ModelSource):
         """(the settings that fill what `request` leaves unset, the few-step method it uses or None): the model
         card's, under those of a few-step LoRA or model, which need their own sampler, steps and CFG."""
@@ -237,14 +252,19 @@ class Engine:
     def _find_lora(self, name: str) -> Path:
         return find_lora(name, self.store)
 
-    def _prepare(self, loaded: LoadedModel, strategy: Strategy, specs: tuple[LoraSpec, ...], partial: bool) -> None:
-        """Patch the LoRAs in and place the pipeline as `strategy` says, reloading only when needed.
+    def _prepare(self, loaded: LoadedModel, strategy: Strategy, specs: tuple[LoraSpec, ...], partial: bool,
+                 execution: frozenset[str]) -> None:
+        """Patch the LoRAs in, place the pipeline as `strategy` says and put the `execution` levers on (those
+        that apply under it), reloading only when needed.
 
         LoRAs are patched into the weights before placement. A placed pipeline takes new LoRA weights in
         place when its weights are whole tensors somewhere (resident, CPU, model offload); streamed or
-        fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone).
+        fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone). Execution levers
+        go on and off in place.
         """
-        if loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs:
+        execution = execution_levers.usable(execution, strategy)
+        if (loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs
+                and loaded.execution == execution):
             return
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
@@ -258,19 +278,21 @@ class Engine:
         if loaded.strategy != strategy:
             apply_strategy(loaded.pipe, strategy)
             loaded.strategy = strategy
+        if execution or loaded.execution:  # (again after new LoRA weights, which may not keep the format)
+            apply_execution(loaded.pipe, execution)
+            loaded.execution = execution
 
     @staticmethod
     def _drop_pipe(loaded: LoadedModel) -> None:
         """Let go of every reference to the pipeline (and its LoRA set) and free its memory, so the next
         one is built in the room it leaves rather than beside it."""
         loaded.pipe = loaded.loras = None
-        loaded.applied_loras, loaded.lora_specs, loaded.strategy = [], (), None
+        loaded.applied_loras, loaded.lora_specs, loaded.strategy, loaded.execution = [], (), None, frozenset()
         loaded.derived.clear()  # the other kinds' pipelines hold the same modules
         free_memory()
 
     def _memory_key(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[str, str, int, int, int]:
-        spec = self.device_spec
-        return (loaded.sha256, f"{spec.kind}|{spec.name}|{spec.total_bytes}", request.width, request.height, request.batch_size)
+        return (loaded.sha256, self.device_spec.key, request.width, request.height, request.batch_size)
 
     # -- the run ---------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, options: RunOptions | None = None, *,
@@ -306,11 +328,12 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
+        execution, _ = self.execution_for(loaded, resolved, options)
         predicted = next((e.seconds for e in the_plan.candidates if e.strategy == strategy), the_plan.chosen.seconds)
         emit(ProgressEvent("plan", 0, 1, strategy.name, seconds=predicted * resolved.batch_count))
         seeds = resolved.seeds()
         images: list[GeneratedImage] = []
-        events: list[dict] = [{"plan": reason}]
+        events: list[dict] = [{"plan": reason, **({"execution": sorted(execution)} if execution else {})}]
         interrupted = False
         with recorded_run(self.store, "generate", request=resolved.to_dict(), model=loaded.source.name,
                           model_hash=loaded.sha256, device=self.device_spec.torch_device) as record:
@@ -325,7 +348,7 @@ class Engine:
                     run = BatchRun(loaded, timer, emit, total_steps, batch * per_batch, cancel=options.cancel)
                     try:
                         pil_images = self._run_with_recovery(loaded, kind, the_plan, strategy if batch == 0 else loaded.strategy,
-                                                             specs, resolved, batch_seeds, run, events)
+                                                             specs, resolved, batch_seeds, run, events, execution)
                     except Cancelled as stop:
                         events.append({"event": stop.how, "batch": batch})
                         if stop.how == "skip":
@@ -369,7 +392,8 @@ class Engine:
             warnings, loras=[applied.to_dict() for applied in loaded.applied_loras], interrupted=interrupted,
         )
 
-    def _run_with_recovery(self, loaded, kind, the_plan, strategy, specs, request, seeds, run: BatchRun, events):
+    def _run_with_recovery(self, loaded, kind, the_plan, strategy, specs, request, seeds, run: BatchRun, events,
+                           execution: frozenset[str]):
         """Place the pipeline as `strategy` says and run one batch of `kind`; out of memory while placing or
         running, drop the pipeline, step down the plan's ladder and run again with the same seeds."""
         start_steps = run.done_steps
@@ -377,7 +401,7 @@ class Engine:
             try:
                 phase = "placement"
                 with run.timer.phase("load"):
-                    self._prepare(loaded, strategy, specs, request.lora_partial)
+                    self._prepare(loaded, strategy, specs, request.lora_partial, execution)
                 run.done_steps = start_steps
                 run.encode_on = encode_device(loaded.pipe, loaded.strategy)
                 return kind.run(run, request, seeds)
@@ -404,7 +428,7 @@ class Engine:
         import torch
 
         return {"device": loaded.strategy.device, "dtype": loaded.strategy.dtype, "strategy": loaded.strategy.name,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), **({"execution": sorted(loaded.execution)} if loaded.execution else {})}
 
     # -- reproducing an image --------------------------------------------------------------------
     def request_from_image(self, image_path: Path) -> tuple[GenerationRequest, set[int] | None, list[str]]:

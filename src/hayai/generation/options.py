@@ -1,8 +1,8 @@
 """How to run a request, per call: what a request says to make is in `GenerationRequest`; how is here.
 
 An `Engine` is shared (by a server's workers, a sweep, a Ray actor) and nothing a caller passes here
-changes it: the strategy, the lossy permission, whether to save, which images of the run to keep, and
-a `CancelToken` the run checks at every denoising step.
+changes it: the strategy, the lossy permission, whether to save, which images of the run to keep, a
+`CancelToken` the run checks at every denoising step, and the execution levers (channels-last).
 """
 
 from __future__ import annotations
@@ -71,3 +71,6 @@ class RunOptions:
     keep: frozenset[int] | None = None  # positions of the run to keep (re-making one image of a batch); None: all
     cancel: CancelToken | None = None
     progress: ProgressCallback | None = None
+    # execution levers (hayai.speed.execution): None = those measurements made here show pay for this model
+    # and size; a set = exactly these (the bench's levers, and its exact run with none)
+    execution: frozenset[str] | None = None

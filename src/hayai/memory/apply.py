@@ -2,7 +2,8 @@
 
 `apply_strategy(pipe, strategy)` takes a freshly loaded pipeline (weights on the CPU) and places it:
 `.to(device, dtype)`, `enable_model_cpu_offload`, `enable_group_offload`, `enable_sequential_cpu_offload`,
-`enable_layerwise_casting`, VAE tiling and slicing, attention slicing, and the batch split. Strategies are
+`enable_layerwise_casting`, VAE tiling and slicing, attention slicing, and the batch split;
+`apply_execution(pipe, names)` puts on (and takes off) the execution levers (channels-last). Strategies are
 applied once to a fresh pipeline; stepping down after an out-of-memory error reloads and applies anew
 rather than trying to peel hooks off (reloading from the page cache takes seconds, a half-undone
 offload can take a run).
@@ -16,7 +17,7 @@ from dataclasses import fields, is_dataclass
 from hayai.memory.strategies import VAE_TILE_PX, Strategy
 from hayai.models.components import denoiser_of
 
-__all__ = ["apply_strategy", "return_to_host", "is_out_of_memory", "free_memory", "split_denoiser_batch",
+__all__ = ["apply_strategy", "apply_execution", "return_to_host", "is_out_of_memory", "free_memory", "split_denoiser_batch",
            "encode_device", "without_text_encoders"]
 
 
@@ -73,6 +74,15 @@ def apply_strategy(pipe, strategy: Strategy):
     if strategy.attention_slicing and hasattr(pipe, "enable_attention_slicing") and getattr(pipe, "unet", None) is not None:
         pipe.enable_attention_slicing("auto")
     return pipe
+
+
+def apply_execution(pipe, names: frozenset[str]) -> None:
+    """Put the execution levers `names` (hayai.speed.execution) on `pipe` and take the others off, in place:
+    `channels_last` converts the denoiser's 4-D weights to channels-last memory format, or back."""
+    import torch
+
+    fmt = torch.channels_last if "channels_last" in names else torch.contiguous_format
+    denoiser_of(pipe).to(memory_format=fmt)
 
 
 def return_to_host(pipe, strategy: Strategy, load_dtype: str) -> bool:

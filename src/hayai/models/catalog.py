@@ -36,7 +36,7 @@ from hayai.models.loading import (
 
 __all__ = [
     "Catalog", "ModelEntry", "PLACEHOLDER_NAME", "builtin_source", "install_subfolders", "model_hash", "placeholder_source",
-    "source_hash",
+    "cached_source_hash", "source_hash",
 ]
 
 PLACEHOLDER_NAME = "placeholder-random-sd1"
@@ -92,11 +92,20 @@ def model_hash(store, path: Path) -> str:
     A diffusers folder has no single file; its hash is the sha256 of the sorted lines
     "relative/path sha256" of its weight files, so it changes exactly when a weight changes.
     """
-    path = Path(path)
+    return _hash_of(Path(path), store.file_sha256)
+
+
+def _hash_of(path: Path, sha256_of) -> str | None:
+    """`model_hash` with each file's sha256 from `sha256_of` (None: not known, so neither is the hash)."""
     if path.is_file():
-        return store.file_sha256(path)
-    lines = sorted(f"{p.relative_to(path).as_posix()} {store.file_sha256(p)}\n" for p in _weight_files(path))
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+        return sha256_of(path)
+    lines = []
+    for file in _weight_files(path):
+        sha256 = sha256_of(file)
+        if sha256 is None:
+            return None
+        lines.append(f"{file.relative_to(path).as_posix()} {sha256}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
 def source_hash(store, source: ModelSource) -> str:
@@ -104,6 +113,14 @@ def source_hash(store, source: ModelSource) -> str:
     if source.kind == "architecture":
         return hashlib.sha256(f"hayai {source.name} random weights seed 0".encode()).hexdigest()
     return model_hash(store, source.path)
+
+
+def cached_source_hash(store, source: ModelSource) -> str | None:
+    """`source_hash` from the store's hash cache alone (never reads a weight file): None when a file was not
+    hashed as it is now, that is when no run here used the model since it last changed."""
+    if source.kind == "architecture":
+        return source_hash(store, source)
+    return _hash_of(Path(source.path), store.cached_sha256)
 
 
 class Catalog:

@@ -10,10 +10,15 @@
 - `tiny_vae`: a tiny autoencoder (AutoencoderTiny, e.g. TAESD) in place of the model's VAE.
 - `few_step`: few-step LoRAs and models (LCM, TCD, Hyper-SD, Lightning, Turbo) and the settings they need.
 - `quality`: PSNR and SSIM between images, for the benchmark's distance to the exact run.
+- `bench`: every lever measured against the exact run on this machine (`hayai bench speed`), kept in the store.
+- `execution`: execution levers (channels-last): how a run computes, on for a model only where a
+  measurement made here shows that it pays and keeps the pixels.
 
 The levers are request fields (`hayai.generation.fields`), not plan options: like steps or the sampler
 they change the image, so they are recorded in the infotext, reproduced by `--from` and swept as axes;
-the planner decides only how a request runs (device, dtype, offload), never what it draws.
+the planner decides only how a request runs (device, dtype, offload), never what it draws. Execution
+levers are the other kind: they change only how fast (the image up to float rounding), so the engine
+chooses them from measurements and the image's record names them.
 
 Importing this package imports nothing heavy.
 """

@@ -23,12 +23,13 @@ from typing import Any
 from .. import paths
 from ..errors import HayaiError, disk_full
 from . import catalog_entries as catalog
-from . import flop_counts, hashes, history, jobs, strategy_memory, training
+from . import flop_counts, hashes, history, jobs, speed_measurements, strategy_memory, training
 from .catalog_entries import CatalogEntry
 from .history import Run
 from .jobs import Job
 from .migrations import migrate
 from .processes import process_token
+from .speed_measurements import SpeedMeasurement
 
 __all__ = ["Store", "BUSY_TIMEOUT_S"]
 
@@ -191,6 +192,18 @@ class Store:
         """Keep the counts not kept yet."""
         with self._lock:
             flop_counts.save(self._conn, counts)
+
+    # -- speed levers as measured here ------------------------------------------------------------
+
+    def record_speed(self, measurements: list[SpeedMeasurement]) -> list[SpeedMeasurement]:
+        """Keep one bench run's measurements (one per lever) under one timestamp; returns them as stored."""
+        with self._lock:
+            return speed_measurements.record(self._conn, measurements, now=_now())
+
+    def speed_measurements(self, model_hash: str, device_key: str) -> list[SpeedMeasurement]:
+        """Every lever measurement of a model on a device, newest first."""
+        with self._lock:
+            return speed_measurements.for_model(self._conn, model_hash, device_key)
 
     # -- LoRA training runs ----------------------------------------------------------------------
 

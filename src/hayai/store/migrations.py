@@ -121,6 +121,35 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_queue ON jobs (status, priority, seq);
     """,
+    # 7: speed levers as measured here (`hayai bench speed`, hayai.store.speed_measurements): one row per lever
+    # of a bench run, its time as ratios to the exact run of the same rounds, and its distance to that run.
+    """
+    CREATE TABLE speed_measurements (
+        id                 INTEGER PRIMARY KEY,
+        measured_at        TEXT NOT NULL,             -- UTC ISO 8601; the same for every lever of one bench run
+        model              TEXT NOT NULL,             -- the name it was measured as
+        model_hash         TEXT NOT NULL,             -- hayai.models.catalog.source_hash (arch:*: of its name)
+        family             TEXT NOT NULL,             -- 'sd1', 'sdxl', 'sd3', ...
+        width              INTEGER NOT NULL,
+        height             INTEGER NOT NULL,
+        steps              INTEGER NOT NULL,          -- the exact run's
+        device_key         TEXT NOT NULL,             -- kind, name and memory size of the device (DeviceSpec.key)
+        threads            INTEGER NOT NULL,          -- torch CPU threads
+        lever              TEXT NOT NULL,             -- 'exact' or 'FIELD=VALUE+FIELD=VALUE'
+        request            TEXT NOT NULL,             -- JSON object: the knobs it ran with
+        repeats            INTEGER NOT NULL,          -- timed rounds
+        denoise_ratio      REAL NOT NULL,             -- median per-round ratio to the exact run (< 1: faster)
+        end_to_end_ratio   REAL NOT NULL,
+        denoise_seconds    REAL NOT NULL,             -- medians
+        end_to_end_seconds REAL NOT NULL,
+        adherence_points   REAL,                      -- mean adherence in percent (the demo model only)
+        psnr_db            REAL,                      -- mean distance to the exact run's images (Inf: identical)
+        ssim               REAL,
+        hayai_version      TEXT NOT NULL,
+        torch_version      TEXT NOT NULL
+    );
+    CREATE INDEX speed_measurements_model ON speed_measurements (model_hash, device_key, measured_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
