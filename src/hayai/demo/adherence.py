@@ -248,10 +248,9 @@ def evaluate(
         tally = _Tally()
         resolved = None
         for done, prompt in enumerate(prompts, start=1):
-            request = GenerationRequest(
-                prompt, model=model, steps=steps, cfg_scale=cfg_scale, sampler=sampler, schedule_type=schedule_type,
-                seed=0, batch_size=seeds, **(request_fields or {}),
-            )
+            settings = {"model": model, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
+                        "schedule_type": schedule_type, "seed": 0, "batch_size": seeds}
+            request = GenerationRequest(prompt, **{**settings, **(request_fields or {})})  # the fields win
             result = engine.generate(request, engine.run_options(**{**(run_options or {}), "save": False}))
             resolved = result.request
             for image in result.images:
