@@ -24,9 +24,17 @@ def test_a_lever_is_any_request_field_typed_by_the_field_table():
     assert parse_lever("lora_partial=true") == {"lora_partial": True}
     with pytest.raises(RequestError, match="'warp=9' is not FIELD=VALUE of a request field"):
         parse_lever("warp=9")
-    with pytest.raises(RequestError, match="step_cache='three' is not a int"):
+    with pytest.raises(RequestError, match="step_cache='three' is not an integer"):
         parse_lever("step_cache=three")
     assert lever_list("step_cache=2, exact,step_cache=2,speed=balanced") == ["exact", "step_cache=2", "speed=balanced"]
+
+
+def test_a_few_step_preset_keeps_the_steps_its_lora_sets():
+    from hayai.speed.bench import lever_fields
+
+    assert lever_fields("speed=fast") == {"speed": "fast", "steps": None}  # over the benchmark's 20: the LoRA's 4
+    assert lever_fields("speed=fast+steps=6") == {"speed": "fast", "steps": 6}
+    assert lever_fields("speed=balanced") == {"speed": "balanced"}
 
 
 def _measurement(lever="exact", *, width=512, steps=20, at="2025-01-01T00:00:00+00:00", ratio=1.0, id=1):

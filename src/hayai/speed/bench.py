@@ -64,7 +64,7 @@ def parse_lever(text: str) -> dict:
         try:
             fields[name] = _CONVERT[spec.type](value)
         except (ValueError, KeyError):
-            raise RequestError(f"lever {text!r}: {name}={value!r} is not a {spec.type}") from None
+            raise RequestError(f"lever {text!r}: {name}={value!r} is not {_A_TYPE.get(spec.type, spec.type)}") from None
     return fields
 
 
@@ -96,6 +96,20 @@ def _random_taesd() -> str:
     return str(folder)
 
 
+_A_TYPE = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def lever_fields(lever: str) -> dict:
+    """The request fields a lever runs with over the benchmark's own (size, steps): a few-step preset keeps the
+    steps its LoRA sets (`speed=fast` at the exact run's 20 steps would time 20 LCM steps, not the preset)."""
+    from hayai.speed.presets import FEW_STEP_PRESETS
+
+    fields = parse_lever(lever)
+    if fields.get("speed") in FEW_STEP_PRESETS and "steps" not in fields:
+        fields["steps"] = None
+    return fields
+
+
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 4)
 
@@ -123,7 +137,7 @@ def measure_time(engine, levers: list[str], *, model: str | None, size: int | No
 
     log = log or (lambda line: None)
     base = {"model": model, "steps": steps, "width": size, "height": size, "seed": seed}
-    requests = {name: GenerationRequest(prompt, **{**base, **parse_lever(name)}) for name in levers}
+    requests = {name: GenerationRequest(prompt, **{**base, **lever_fields(name)}) for name in levers}
     plain = engine.run_options(save=False, execution=frozenset())
     engine.generate(GenerationRequest(prompt, **{**base, "steps": 2}), plain)  # warm-up: load, first-use costs
     runs: dict[str, list[dict]] = {name: [] for name in levers}
@@ -209,7 +223,7 @@ def demo_quality(levers: list[str], *, seeds: int, steps: int | None = None, pro
             continue
         kept = images.setdefault(name, {})
         report = evaluate(str(BUILTIN_MODEL), steps=steps, cfg_scale=None, sampler=None, seeds=seeds, prompts=prompts,
-                          request_fields=parse_lever(name), run_options={"execution": execution_of(name)},
+                          request_fields=lever_fields(name), run_options={"execution": execution_of(name)},
                           on_image=lambda prompt, seed, image, kept=kept: kept.__setitem__((prompt, seed), image))
         row = {"adherence_points": round(100 * statistics.mean(report.accuracy.values()), 2),
                "accuracy": {k: round(v, 4) for k, v in report.accuracy.items()},
