@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,11 @@ def convert(unet, family: Family, model_hash: str, width: int, height: int, *, v
     partial.mkdir(parents=True)
     inputs, shapes = _example(unet, family, width, height, vae_scale)
     start = time.perf_counter()
-    with torch.no_grad():
+    # TracerWarnings name Python branches on shapes frozen into the trace: in diffusers 0.42.1 they are
+    # asserts, a `.contiguous()` for batches of 64 or more and a workaround for tensors over 2**31 elements
+    # in PyTorch's interpolate, none of which changes the values OpenVINO computes
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         model = ov.convert_model(_traced(unet, family == Family.SDXL), example_input=inputs)
     model.reshape(shapes)
     ov.save_model(model, partial / _XML, compress_to_fp16=False)
