@@ -61,7 +61,7 @@ def test_the_decision_needs_the_extra_the_cpu_a_measurement_and_a_pay_back():
     assert "has an accelerator" in _decide([exact, faster], on_cpu=False)[1]
     assert "not sd3" in _decide([exact, faster], family=Family.SD3)[1]
     assert _decide([exact, faster], blockers=("LoRAs", "step_cache"))[1] == (
-        "LoRAs and step_cache change the torch UNet it would replace")
+        "the converted UNet would leave out this request's LoRAs and step_cache")
     assert "`hayai bench speed --levers openvino`" in _decide([exact])[1]
     assert "pixels were not compared or differ" in _decide([exact, _measured("openvino", ratio=0.5, psnr=30.0)])[1]
     assert "never timed here" in _decide([exact, faster])[1]  # no cache, no record of a conversion
@@ -156,8 +156,8 @@ def test_the_engine_goes_through_openvino_only_where_it_pays(tiny_folders, tmp_p
     with_lever = engine.execution_for(engine.load(model), dataclasses.replace(request, step_cache=2))
     assert with_lever == (frozenset(), [
         "channels_last: off, not measured here at this size (`hayai bench speed --levers channels_last` measures it)",
-        "openvino: off, step_cache change the torch UNet it would replace"])
-    with pytest.raises(RequestError, match="LoRAs change the torch UNet; run without it"):
+        "openvino: off, the converted UNet would leave out this request's step_cache"])
+    with pytest.raises(RequestError, match="would leave out this request's LoRAs; run without it"):
         engine.execution_for(engine.load(model), dataclasses.replace(request, prompt="x <lora:a:1>"),
                              engine.run_options(execution=frozenset({"openvino"})))
     plan = json.loads(hayai("plan", "-m", model, "-W", "64", "-H", "64", "--steps", "4", "--json").stdout)

@@ -231,10 +231,11 @@ class Engine:
             names = execution_levers.check(options.execution)
             if "openvino" in names:
                 openvino.check_family(loaded.family)
-                if self.device_spec.accelerator or blockers:
-                    raise RequestError("execution lever 'openvino' runs the UNet on the CPU as converted: "
-                                       + ("this engine runs on " + self.device_spec.torch_device if self.device_spec.accelerator
-                                          else f"{' and '.join(blockers)} change the torch UNet") + "; run without it")
+                if self.device_spec.accelerator:
+                    raise RequestError(f"execution lever 'openvino' runs on the CPU; this engine runs on "
+                                       f"{self.device_spec.torch_device}: run without it")
+                if blockers:
+                    raise RequestError(f"execution lever 'openvino': {openvino.left_out(blockers)}; run without it")
             return names, ["asked for by the caller"]
         measured = nearest(self.store.speed_measurements(loaded.sha256, self.device_spec.key),
                            request.width, request.height, request.steps)
@@ -281,7 +282,8 @@ class Engine:
         execution = execution_levers.usable(execution, strategy)
         if (loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs
                 and loaded.execution == execution
-                and ("openvino" not in execution or openvino.ready(denoiser_of(loaded.pipe), *size))):
+                and ("openvino" not in execution or openvino.ready(denoiser_of(loaded.pipe), *size,
+                                                                  vae_scale=loaded.pipe.vae_scale_factor))):
             return []
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)

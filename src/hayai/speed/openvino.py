@@ -19,16 +19,20 @@ How it is converted (`convert`): traced with example inputs, then the latent hei
 on or off, batch size) and the token count (prompts past 75 tokens) stay dynamic. The weights are saved in
 float32 (`save_model` would halve them to fp16 by default) and compiled with the f32 precision hint (the CPU
 plugin would pick bf16 on AVX-512-bf16/AMX CPUs), so pixels stay within float rounding of PyTorch's (the
-tiny SD1 model: about 130 dB PSNR). Compiled blobs are cached too (OpenVINO's `CACHE_DIR`), so a later
-process only reads them. `conversion.json` beside the model records how long conversion took.
+tiny SD1 model: 129 dB PSNR between the float images of a 4-step DPM++ 2M Karras run). `conversion.json` beside the model records how long
+conversion took. Each load then compiles the saved model (about 3 s for SD1.5's UNet on our CPU);
+OpenVINO's compiled-blob cache (`CACHE_DIR`) is not used: it saved 0.3 s of that and took another 3.3 GB
+of disk per size.
 
 When it is on (`decide`): never by default. Only with the extra installed, on the CPU (float32, the whole
 batch at once), for SD1/SD2/SDXL without LoRAs (they are patched into the torch weights, not the converted
 ones) or UNet speed levers (their hooks sit inside the torch UNet), and only where a measurement made here
 (`hayai bench speed --levers openvino`) gives its per-step ratio and the time it saves on this request,
 steps x images x seconds per step x (1 - ratio), exceeds the conversion still to pay (0 once cached).
-Measured on our CPU (reference §11): 0.77-0.86x per step, but 1.8x the memory (the torch UNet stays
-loaded beside the compiled one).
+Measured on our CPU (SD1.5's architecture with random weights, 256 px, 4 steps, 1 thread, 2 rounds of
+`hayai bench speed`): 0.77x denoising time, 0.81x end to end, 83 dB PSNR; 87 s to convert, 3.4 GB of cache
+per size, and 12.4 GB peak for the bench process (the torch UNet stays loaded beside the compiled one, for
+the calls it falls back on; reference §11 saw 8.4 GB against 4.6 GB for a single run).
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ from hayai import paths
 from hayai.errors import RequestError
 from hayai.models.families import Family
 
-__all__ = ["FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "conversion_seconds", "convert",
-           "decide", "detach", "is_converted", "pays_back", "ready", "INSTALL"]
+__all__ = ["FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "check_family", "conversion_seconds", "convert",
+           "decide", "detach", "is_converted", "left_out", "pays_back", "ready", "INSTALL"]
 
 FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)  # UNet2DConditionModel denoisers
 INSTALL = "pip install 'hayai[openvino]'"
@@ -220,7 +224,7 @@ def ready(unet, width: int, height: int, *, vae_scale: int = 8) -> bool:
 def attach(unet, family: Family, model_hash: str, width: int, height: int, *, threads: int,
            vae_scale: int = 8) -> dict | None:
     """Run `unet` on OpenVINO at `width` x `height` from now on: converted into the cache unless it is there,
-    then compiled (OpenVINO's own blob cache makes that a read after the first time). Returns what it did
+    then compiled (seconds, at every load). Returns what it did
     (an engine event), or None when it was attached at that size already."""
     if ready(unet, width, height, vae_scale=vae_scale):
         return None
@@ -230,8 +234,8 @@ def attach(unet, family: Family, model_hash: str, width: int, height: int, *, th
     if not is_converted(model_hash, width, height):
         converted = convert(unet, family, model_hash, width, height, vae_scale=vae_scale)
     start = time.perf_counter()
-    compiled = ov.Core().compile_model(folder / _XML, "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "CACHE_DIR": str(folder / "compiled")})
+    compiled = ov.Core().compile_model(folder / _XML, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                               "INFERENCE_NUM_THREADS": threads})
     compile_seconds = time.perf_counter() - start
     state = getattr(unet, _ATTR, None)
     if state is None:
@@ -269,6 +273,11 @@ def _images_to_pay(steps: int, step_seconds: float, ratio: float, conversion_sec
     return f"{int(conversion_seconds // per_image) + 1} images"
 
 
+def left_out(blockers: tuple[str, ...]) -> str:
+    """Why a request keeps the torch UNet: what it asks for acts inside it (LoRAs, UNet speed levers)."""
+    return f"the converted UNet would leave out this request's {' and '.join(blockers)}"
+
+
 def decide(measured, *, model_hash: str | None, family: Family, width: int, height: int, steps: int, images: int,
            on_cpu: bool, strategy=None, blockers: tuple[str, ...] = (), installed: bool | None = None,
            min_psnr_db: float) -> tuple[bool, str]:
@@ -284,7 +293,7 @@ def decide(measured, *, model_hash: str | None, family: Family, width: int, heig
     if family not in FAMILIES:
         return False, f"it converts UNet models ({', '.join(f.value for f in FAMILIES)}), not {family.value}"
     if blockers:
-        return False, f"{' and '.join(blockers)} change the torch UNet it would replace"
+        return False, left_out(blockers)
     by_lever = {m.lever: m for m in measured}
     exact, lever = by_lever.get("exact"), by_lever.get("openvino")
     if exact is None or lever is None or model_hash is None:
