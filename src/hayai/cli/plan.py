@@ -35,6 +35,7 @@ def plan(
     width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the family's native size]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", help="Height \\[the family's native size]."),
     batch: int = typer.Option(1, "--batch", "-b", help="Images per pass."),
+    batch_count: int = typer.Option(1, "--batch-count", "-c", help="Passes (OpenVINO's pay-back counts every image)."),
     steps: int = typer.Option(20, "--steps", help="Denoising steps."),
     cfg: float = typer.Option(7.0, "--cfg", help="CFG scale (above 1 doubles the denoiser's batch)."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much device memory, e.g. 8GB."),
@@ -56,8 +57,10 @@ def plan(
     shape = PlanRequest(width or side, height or side, batch, cfg > 1, steps)
     with Store() as store:
         result = plan_keeping_counts(store, facts, shape, spec)
-        measured = _measured_levers(store, source, here, shape)
-    execution, why = choose(measured, result.chosen.strategy) if measured else (frozenset(), [])
+        measured, model_hash = _measured_levers(store, source, here, shape)
+    verdict = _openvino(measured, model_hash, facts.family, shape, batch_count, result.chosen.strategy, here)
+    execution, why = (choose(measured, result.chosen.strategy, openvino=verdict) if measured or verdict
+                      else (frozenset(), []))
     suggestions = [suggest(spec, facts.family, p, native=facts.native_size) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
@@ -94,16 +97,29 @@ def plan(
         _print_measured(measured, model, execution, why)
 
 
-def _measured_levers(store, source, here, shape) -> list:
+def _measured_levers(store, source, here, shape) -> tuple[list, str | None]:
     """The speed levers measured for this model on this machine's device nearest the plan's size and steps
-    (none when planning for another device)."""
+    (none when planning for another device), and the model's hash (None when never hashed here)."""
     from hayai.models.catalog import cached_source_hash
     from hayai.store.speed_measurements import nearest
 
     model_hash = cached_source_hash(store, source) if here is not None else None
     if model_hash is None:  # never run here as it is now, so never measured either
-        return []
-    return nearest(store.speed_measurements(model_hash, here.key), shape.width, shape.height, shape.steps)
+        return [], None
+    return nearest(store.speed_measurements(model_hash, here.key), shape.width, shape.height, shape.steps), model_hash
+
+
+def _openvino(measured, model_hash, family, shape, batch_count, strategy, here) -> tuple[bool, str] | None:
+    """Whether a run of this shape would go through OpenVINO here, and why (None: not judged, because the
+    plan is for another device or the [openvino] extra is not installed, where it is never a question)."""
+    from hayai.speed import openvino
+    from hayai.speed.execution import MIN_PSNR_DB
+
+    if here is None or not openvino.available():
+        return None
+    return openvino.decide(measured, model_hash=model_hash, family=family, width=shape.width, height=shape.height,
+                           steps=shape.steps, images=shape.batch_size * batch_count, on_cpu=not here.accelerator,
+                           strategy=strategy, min_psnr_db=MIN_PSNR_DB)
 
 
 def _print_measured(measured, model: str | None, execution, why: list[str]) -> None:
@@ -114,6 +130,8 @@ def _print_measured(measured, model: str | None, execution, why: list[str]) -> N
     if not measured:
         console.print(escape(f"speed levers: not measured here for this model (`hayai bench speed"
                              f"{f' -m {model}' if model else ''}` measures them)"), style="dim")
+        if why:  # (OpenVINO's verdict, given without measurements)
+            console.print(escape(f"execution: plain ({'; '.join(why)})"), style="dim")
         return
     first = measured[0]
     days = sorted({datetime.fromisoformat(m.measured_at).astimezone().date().isoformat() for m in measured})

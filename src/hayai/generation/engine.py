@@ -45,6 +45,8 @@ from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
 from hayai.speed import execution as execution_levers
+from hayai.speed import openvino
+from hayai.speed.levers import active_levers
 from hayai.speed.few_step import for_model as few_step_for_model
 from hayai.speed.few_step import for_request as few_step_for
 from hayai.speed.presets import FEW_STEP_PRESETS
@@ -224,10 +226,25 @@ class Engine:
         """The execution levers for a resolved request (the options', else those that measurements made here
         for this model at the nearest size show pay), and why."""
         options = options or self.run_options()
+        blockers = _openvino_blockers(request)
         if options.execution is not None:
-            return execution_levers.check(options.execution), ["asked for by the caller"]
-        measured = self.store.speed_measurements(loaded.sha256, self.device_spec.key)
-        return execution_levers.choose(nearest(measured, request.width, request.height, request.steps))
+            names = execution_levers.check(options.execution)
+            if "openvino" in names:
+                openvino.check_family(loaded.family)
+                if self.device_spec.accelerator:
+                    raise RequestError(f"execution lever 'openvino' runs on the CPU; this engine runs on "
+                                       f"{self.device_spec.torch_device}: run without it")
+                if blockers:
+                    raise RequestError(f"execution lever 'openvino': {openvino.left_out(blockers)}; run without it")
+            return names, ["asked for by the caller"]
+        measured = nearest(self.store.speed_measurements(loaded.sha256, self.device_spec.key),
+                           request.width, request.height, request.steps)
+        verdict = openvino.decide(measured, model_hash=loaded.sha256, family=loaded.family, width=request.width,
+                                  height=request.height, steps=request.steps,
+                                  images=request.batch_size * request.batch_count,
+                                  on_cpu=not self.device_spec.accelerator, blockers=blockers,
+                                  min_psnr_db=execution_levers.MIN_PSNR_DB)
+        return execution_levers.choose(measured, openvino=verdict)
 
     def recommended_for(self, request: GenerationRequest, source: ModelSource):
         """(the settings that fill what `request` leaves unset, the few-step method it uses or None): the model
@@ -253,19 +270,21 @@ class Engine:
         return find_lora(name, self.store)
 
     def _prepare(self, loaded: LoadedModel, strategy: Strategy, specs: tuple[LoraSpec, ...], partial: bool,
-                 execution: frozenset[str]) -> None:
+                 execution: frozenset[str], size: tuple[int, int]) -> list[dict]:
         """Patch the LoRAs in, place the pipeline as `strategy` says and put the `execution` levers on (those
         that apply under it), reloading only when needed.
 
         LoRAs are patched into the weights before placement. A placed pipeline takes new LoRA weights in
         place when its weights are whole tensors somewhere (resident, CPU, model offload); streamed or
         fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone). Execution levers
-        go on and off in place.
+        go on and off in place (OpenVINO compiles once per size). Returns what the levers did worth recording.
         """
         execution = execution_levers.usable(execution, strategy)
         if (loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs
-                and loaded.execution == execution):
-            return
+                and loaded.execution == execution
+                and ("openvino" not in execution or openvino.ready(denoiser_of(loaded.pipe), *size,
+                                                                  vae_scale=loaded.pipe.vae_scale_factor))):
+            return []
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
         # dropped after an out-of-memory error or an eviction, or an architecture still on the meta device
@@ -278,9 +297,15 @@ class Engine:
         if loaded.strategy != strategy:
             apply_strategy(loaded.pipe, strategy)
             loaded.strategy = strategy
+        done = []
         if execution or loaded.execution:  # (again after new LoRA weights, which may not keep the format)
-            apply_execution(loaded.pipe, execution)
+            import torch
+
+            target = dict(family=loaded.family, model_hash=loaded.sha256, width=size[0], height=size[1],
+                          threads=torch.get_num_threads())
+            done = apply_execution(loaded.pipe, execution, openvino=target if "openvino" in execution else None)
             loaded.execution = execution
+        return done
 
     @staticmethod
     def _drop_pipe(loaded: LoadedModel) -> None:
@@ -401,7 +426,8 @@ class Engine:
             try:
                 phase = "placement"
                 with run.timer.phase("load"):
-                    self._prepare(loaded, strategy, specs, request.lora_partial, execution)
+                    events += self._prepare(loaded, strategy, specs, request.lora_partial, execution,
+                                            (request.width, request.height))
                 run.done_steps = start_steps
                 run.encode_on = encode_device(loaded.pipe, loaded.strategy)
                 return kind.run(run, request, seeds)
@@ -455,6 +481,13 @@ class Engine:
             import torch
 
             torch.cuda.synchronize()
+
+
+def _openvino_blockers(request: GenerationRequest) -> tuple[str, ...]:
+    """What in a resolved request changes the torch UNet, which OpenVINO's converted copy would not follow:
+    LoRAs (patched into the torch weights) and the UNet speed levers (hooks inside it)."""
+    loras = request.loras or parse_prompt(request.prompt).loras or parse_prompt(request.negative_prompt).loras
+    return (("LoRAs",) if loras else ()) + tuple(name for name in active_levers(request) if name != "block_cache")
 
 
 def _on_meta(pipe) -> bool:

@@ -3,7 +3,7 @@
 `apply_strategy(pipe, strategy)` takes a freshly loaded pipeline (weights on the CPU) and places it:
 `.to(device, dtype)`, `enable_model_cpu_offload`, `enable_group_offload`, `enable_sequential_cpu_offload`,
 `enable_layerwise_casting`, VAE tiling and slicing, attention slicing, and the batch split;
-`apply_execution(pipe, names)` puts on (and takes off) the execution levers (channels-last). Strategies are
+`apply_execution(pipe, names)` puts on (and takes off) the execution levers (channels-last, OpenVINO). Strategies are
 applied once to a fresh pipeline; stepping down after an out-of-memory error reloads and applies anew
 rather than trying to peel hooks off (reloading from the page cache takes seconds, a half-undone
 offload can take a run).
@@ -76,13 +76,26 @@ def apply_strategy(pipe, strategy: Strategy):
     return pipe
 
 
-def apply_execution(pipe, names: frozenset[str]) -> None:
+def apply_execution(pipe, names: frozenset[str], *, openvino: dict | None = None) -> list[dict]:
     """Put the execution levers `names` (hayai.speed.execution) on `pipe` and take the others off, in place:
-    `channels_last` converts the denoiser's 4-D weights to channels-last memory format, or back."""
+    `channels_last` converts the denoiser's 4-D weights to channels-last memory format, or back; `openvino`
+    runs the UNet on OpenVINO at the size `openvino` names (`hayai.speed.openvino.attach`'s arguments:
+    family, model_hash, width, height, threads), converting it once into the cache. Returns what was done
+    worth recording (a conversion, a compilation)."""
     import torch
 
+    denoiser = denoiser_of(pipe)
     fmt = torch.channels_last if "channels_last" in names else torch.contiguous_format
-    denoiser_of(pipe).to(memory_format=fmt)
+    denoiser.to(memory_format=fmt)
+    from hayai.speed import openvino as ov_lever
+
+    if "openvino" not in names:
+        ov_lever.detach(denoiser)
+        return []
+    if openvino is None:
+        raise ValueError("the openvino lever needs the model and size to compile for")
+    done = ov_lever.attach(denoiser, vae_scale=pipe.vae_scale_factor, **openvino)
+    return [done] if done else []
 
 
 def return_to_host(pipe, strategy: Strategy, load_dtype: str) -> bool:

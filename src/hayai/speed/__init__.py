@@ -13,6 +13,8 @@
 - `bench`: every lever measured against the exact run on this machine (`hayai bench speed`), kept in the store.
 - `execution`: execution levers (channels-last): how a run computes, on for a model only where a
   measurement made here shows that it pays and keeps the pixels.
+- `openvino`: the UNet converted to OpenVINO (the `[openvino]` extra), cached by model hash and size; an
+  execution lever on the CPU only where its measured per-step gain pays back the conversion.
 
 The levers are request fields (`hayai.generation.fields`), not plan options: like steps or the sampler
 they change the image, so they are recorded in the infotext, reproduced by `--from` and swept as axes;

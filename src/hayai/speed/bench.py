@@ -2,7 +2,7 @@
 
 A lever is `exact` or request fields joined by '+' (`step_cache=3`, `speed=balanced`,
 `step_cache=3+token_merging=0.5`), typed by the field table; `tiny_vae=random` is TAESD's architecture
-with random weights (for time only). An execution lever (`hayai.speed.execution`: `channels_last`) is a
+with random weights (for time only). An execution lever (`hayai.speed.execution`: `channels_last`, `openvino`) is a
 bare name, alone or joined the same way; every run states its execution levers, so the exact run is the
 plain one whatever was measured before.
 

@@ -1,0 +1,312 @@
+"""OpenVINO as a CPU execution lever: the UNet converted once, cached by model hash and size, and run by
+OpenVINO's CPU plugin in place of PyTorch's kernels.
+
+Only the UNet changes hands: it is where the steps' time goes, and everything around it stays hayai's own,
+so an OpenVINO run takes the normal request path: the same prompt encoding (A1111 weighting, clip skip,
+long prompts), the same sampler object (`generation.samplers.build_scheduler`), the same seeds and initial
+latents, the same PyTorch VAE. The UNet's `forward` is replaced on the instance (`attach`) by one that
+runs the compiled model when it can, and the original otherwise: a call at a size not compiled (the
+second pass of hires fix), or with inputs the converted graph does not take (ControlNet residuals, a
+`timestep_cond`, cross-attention kwargs). `OpenVinoUNet.calls` counts both.
+
+Why not optimum-intel (`OVStableDiffusionPipeline`)? It cannot share hayai's environment: 2.2.0, its
+newest, requires transformers < 5.6 and torchvision; pinned to hayai's transformers 5.x, pip falls back to
+1.15, which imports `transformers.onnx` (removed in transformers 5). Its pipelines would also own the
+sampler and the prompt encoding. `openvino.convert_model` converts the torch module directly.
+
+How it is converted (`convert`): traced with example inputs, then the latent height and width made static
+(the size is in the cache key: `$HAYAI_HOME/cache/openvino/<model sha256>-<W>x<H>/`), while the batch (CFG
+on or off, batch size) and the token count (prompts past 75 tokens) stay dynamic. The weights are saved in
+float32 (`save_model` would halve them to fp16 by default) and compiled with the f32 precision hint (the CPU
+plugin would pick bf16 on AVX-512-bf16/AMX CPUs), so pixels stay within float rounding of PyTorch's (the
+tiny SD1 model: 129 dB PSNR between the float images of a 4-step DPM++ 2M Karras run). `conversion.json` beside the model records how long
+conversion took. Each load then compiles the saved model (about 3 s for SD1.5's UNet on our CPU);
+OpenVINO's compiled-blob cache (`CACHE_DIR`) is not used: it saved 0.3 s of that and took another 3.3 GB
+of disk per size.
+
+When it is on (`decide`): never by default. Only with the extra installed, on the CPU (float32, the whole
+batch at once), for SD1/SD2/SDXL without LoRAs (they are patched into the torch weights, not the converted
+ones) or UNet speed levers (their hooks sit inside the torch UNet), and only where a measurement made here
+(`hayai bench speed --levers openvino`) gives its per-step ratio and the time it saves on this request,
+steps x images x seconds per step x (1 - ratio), exceeds the conversion still to pay (0 once cached).
+Measured on our CPU (SD1.5's architecture with random weights, 256 px, 4 steps, 1 thread, 2 rounds of
+`hayai bench speed`): 0.77x denoising time, 0.81x end to end, 83 dB PSNR; 87 s to convert, 3.4 GB of cache
+per size, and 12.4 GB peak for the bench process (the torch UNet stays loaded beside the compiled one, for
+the calls it falls back on; reference §11 saw 8.4 GB against 4.6 GB for a single run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hayai import paths
+from hayai.errors import RequestError
+from hayai.models.families import Family
+
+__all__ = ["FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "check_family", "conversion_seconds", "convert",
+           "decide", "detach", "is_converted", "left_out", "pays_back", "ready", "INSTALL"]
+
+FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)  # UNet2DConditionModel denoisers
+INSTALL = "pip install 'hayai[openvino]'"
+_XML = "unet.xml"
+_RECORD = "conversion.json"
+_ATTR = "_hayai_openvino"
+
+
+def available() -> bool:
+    """Whether the `[openvino]` extra is installed (nothing is imported)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cache_folder(model_hash: str, width: int, height: int) -> Path:
+    return paths.cache_dir() / "openvino" / f"{model_hash}-{width}x{height}"
+
+
+def is_converted(model_hash: str, width: int, height: int) -> bool:
+    folder = cache_folder(model_hash, width, height)
+    return (folder / _XML).exists() and (folder / _RECORD).exists()
+
+
+def conversion_seconds(model_hash: str) -> float | None:
+    """The latest conversion time recorded for this model at any size (conversion is a trace and a save,
+    nearly the same at every size), or None when it was never converted here."""
+    records = []
+    for path in (paths.cache_dir() / "openvino").glob(f"{model_hash}-*/{_RECORD}"):
+        record = json.loads(path.read_text())
+        records.append((record["converted_at"], record["seconds"]))
+    return max(records)[1] if records else None
+
+
+def check_family(family: Family) -> None:
+    if family not in FAMILIES:
+        raise RequestError(f"openvino converts UNet models ({', '.join(f.value for f in FAMILIES)}), not "
+                           f"{family.value} models; run it without openvino")
+
+
+def _import():
+    try:
+        import openvino
+    except ImportError:
+        raise RequestError(f"openvino is not installed; install the extra: {INSTALL}") from None
+    return openvino
+
+
+def _traced(unet, sdxl: bool):
+    """The UNet call as a module with plain tensor inputs and one tensor out (what convert_model traces)."""
+    import torch
+
+    class Traced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+            added = {"text_embeds": text_embeds, "time_ids": time_ids} if sdxl else None
+            return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                             added_cond_kwargs=added, return_dict=False)[0]
+
+    return Traced()
+
+
+def _example(unet, family: Family, width: int, height: int, scale: int) -> tuple[dict, dict]:
+    """Example inputs for tracing (batch 2: CFG) and the shapes to compile: latent size static, the rest dynamic."""
+    import torch
+
+    config = unet.config
+    latent = (config.in_channels, height // scale, width // scale)
+    inputs = {"sample": torch.randn(2, *latent), "timestep": torch.tensor([999.0, 999.0]),
+              "encoder_hidden_states": torch.randn(2, 77, config.cross_attention_dim)}
+    shapes = {"sample": [-1, *latent], "timestep": [-1], "encoder_hidden_states": [-1, -1, config.cross_attention_dim]}
+    if family == Family.SDXL:
+        time_ids = 6  # (original size, crop, target size), each embedded with addition_time_embed_dim
+        pooled = unet.add_embedding.linear_1.in_features - time_ids * config.addition_time_embed_dim
+        inputs.update(text_embeds=torch.randn(2, pooled), time_ids=torch.randn(2, time_ids))
+        shapes.update(text_embeds=[-1, pooled], time_ids=[-1, time_ids])
+    return inputs, shapes
+
+
+def convert(unet, family: Family, model_hash: str, width: int, height: int, *, vae_scale: int = 8) -> dict:
+    """Convert `unet` for `width` x `height` into its cache folder (replacing none: a finished folder is only
+    ever renamed into place) and return the record kept beside it, with the seconds it took."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    check_family(family)
+    if not isinstance(unet, UNet2DConditionModel):
+        raise RequestError(f"openvino converts a UNet2DConditionModel; this {family.value} model's denoiser is a "
+                           f"{type(unet).__name__}")
+    if unet.config.time_cond_proj_dim is not None:
+        raise RequestError("openvino does not convert a UNet that takes a guidance embedding (time_cond_proj_dim, "
+                           "an LCM-distilled UNet); run it without openvino")
+    ov = _import()
+    folder = cache_folder(model_hash, width, height)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    inputs, shapes = _example(unet, family, width, height, vae_scale)
+    start = time.perf_counter()
+    # TracerWarnings name Python branches on shapes frozen into the trace: in diffusers 0.42.1 they are
+    # asserts, a `.contiguous()` for batches of 64 or more and a workaround for tensors over 2**31 elements
+    # in PyTorch's interpolate, none of which changes the values OpenVINO computes
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        model = ov.convert_model(_traced(unet, family == Family.SDXL), example_input=inputs)
+    model.reshape(shapes)
+    ov.save_model(model, partial / _XML, compress_to_fp16=False)
+    seconds = time.perf_counter() - start
+    record = {"model_hash": model_hash, "family": family.value, "width": width, "height": height,
+              "seconds": round(seconds, 3), "openvino_version": ov.get_version(), "torch_version": torch.__version__,
+              "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (partial / _RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished the same conversion first: keep its folder
+        shutil.rmtree(partial, ignore_errors=True)
+    return record
+
+
+@dataclass
+class OpenVinoUNet:
+    """What `attach` keeps on a UNet: its own forward, the compiled models by latent size, and call counts."""
+
+    original: object  # the UNet's bound forward
+    family: Family
+    compiled: dict = field(default_factory=dict)  # (latent height, latent width) -> an infer request
+    calls: dict = field(default_factory=lambda: {"openvino": 0, "torch": 0})
+
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels=None, timestep_cond=None,
+                attention_mask=None, cross_attention_kwargs=None, added_cond_kwargs=None,
+                down_block_additional_residuals=None, mid_block_additional_residual=None,
+                down_intrablock_additional_residuals=None, encoder_attention_mask=None, return_dict=True):
+        import torch
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        request = self.compiled.get(tuple(sample.shape[-2:]))
+        extras = (class_labels, timestep_cond, attention_mask, down_block_additional_residuals,
+                  mid_block_additional_residual, down_intrablock_additional_residuals, encoder_attention_mask)
+        added = added_cond_kwargs or {}
+        plain = set(added) == ({"text_embeds", "time_ids"} if self.family == Family.SDXL else set())
+        if (request is None or any(e is not None for e in extras) or cross_attention_kwargs or not plain
+                or sample.dtype != torch.float32):
+            self.calls["torch"] += 1
+            return self.original(sample, timestep, encoder_hidden_states, class_labels=class_labels,
+                                 timestep_cond=timestep_cond, attention_mask=attention_mask,
+                                 cross_attention_kwargs=cross_attention_kwargs, added_cond_kwargs=added_cond_kwargs,
+                                 down_block_additional_residuals=down_block_additional_residuals,
+                                 mid_block_additional_residual=mid_block_additional_residual,
+                                 down_intrablock_additional_residuals=down_intrablock_additional_residuals,
+                                 encoder_attention_mask=encoder_attention_mask, return_dict=return_dict)
+        self.calls["openvino"] += 1
+        batch = sample.shape[0]
+        steps = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).expand(batch).contiguous()
+        feed = {"sample": sample.contiguous().numpy(), "timestep": steps.numpy(),
+                "encoder_hidden_states": encoder_hidden_states.float().contiguous().numpy()}
+        if self.family == Family.SDXL:
+            feed.update(text_embeds=added["text_embeds"].float().contiguous().numpy(),
+                        time_ids=added["time_ids"].float().contiguous().numpy())
+        out = torch.from_numpy(request.infer(feed)[0].copy())
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+def ready(unet, width: int, height: int, *, vae_scale: int = 8) -> bool:
+    """Whether `unet` runs on OpenVINO at `width` x `height` already."""
+    state = getattr(unet, _ATTR, None)
+    return state is not None and (height // vae_scale, width // vae_scale) in state.compiled
+
+
+def attach(unet, family: Family, model_hash: str, width: int, height: int, *, threads: int,
+           vae_scale: int = 8) -> dict | None:
+    """Run `unet` on OpenVINO at `width` x `height` from now on: converted into the cache unless it is there,
+    then compiled (seconds, at every load). Returns what it did
+    (an engine event), or None when it was attached at that size already."""
+    if ready(unet, width, height, vae_scale=vae_scale):
+        return None
+    ov = _import()
+    folder = cache_folder(model_hash, width, height)
+    converted = None
+    if not is_converted(model_hash, width, height):
+        converted = convert(unet, family, model_hash, width, height, vae_scale=vae_scale)
+    start = time.perf_counter()
+    compiled = ov.Core().compile_model(folder / _XML, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                               "INFERENCE_NUM_THREADS": threads})
+    compile_seconds = time.perf_counter() - start
+    state = getattr(unet, _ATTR, None)
+    if state is None:
+        state = OpenVinoUNet(original=unet.forward, family=family)
+        setattr(unet, _ATTR, state)
+        unet.forward = state.forward
+    state.compiled[(height // vae_scale, width // vae_scale)] = compiled.create_infer_request()
+    return {"event": "openvino", "size": f"{width}x{height}", "cache": str(folder),
+            "converted_seconds": converted["seconds"] if converted else None, "compile_seconds": round(compile_seconds, 3)}
+
+
+def detach(unet) -> None:
+    """Back to PyTorch: the UNet's own forward, the compiled models released."""
+    if getattr(unet, _ATTR, None) is not None:
+        unet.__dict__.pop("forward", None)
+        delattr(unet, _ATTR)
+
+
+def pays_back(*, steps: int, images: int, step_seconds: float, ratio: float,
+              conversion_seconds: float) -> tuple[bool, str]:
+    """Whether the time OpenVINO saves on a run, steps x images x seconds per step x (1 - ratio), exceeds the
+    conversion still to pay for it; and why, in numbers."""
+    saved = steps * images * step_seconds * (1 - ratio)
+    numbers = (f"{ratio:.2f}x per step saves {saved:.1f} s on {steps} steps x {images} image(s), "
+               + (f"conversion {conversion_seconds:.1f} s" if conversion_seconds else "already converted"))
+    if saved > conversion_seconds:
+        return True, numbers
+    return False, f"{numbers} (it pays from {_images_to_pay(steps, step_seconds, ratio, conversion_seconds)})"
+
+
+def _images_to_pay(steps: int, step_seconds: float, ratio: float, conversion_seconds: float) -> str:
+    per_image = steps * step_seconds * (1 - ratio)
+    if per_image <= 0:
+        return "no number of images"
+    return f"{int(conversion_seconds // per_image) + 1} images"
+
+
+def left_out(blockers: tuple[str, ...]) -> str:
+    """Why a request keeps the torch UNet: what it asks for acts inside it (LoRAs, UNet speed levers)."""
+    return f"the converted UNet would leave out this request's {' and '.join(blockers)}"
+
+
+def decide(measured, *, model_hash: str | None, family: Family, width: int, height: int, steps: int, images: int,
+           on_cpu: bool, strategy=None, blockers: tuple[str, ...] = (), installed: bool | None = None,
+           min_psnr_db: float) -> tuple[bool, str]:
+    """Whether OpenVINO runs this request, and why: `measured` is `store.speed_measurements.nearest` for
+    the model on this device; `blockers` what in the request keeps the torch UNet (LoRAs, UNet levers)."""
+    installed = available() if installed is None else installed
+    if not installed:
+        return False, f"the [openvino] extra is not installed ({INSTALL})"
+    if not on_cpu:
+        return False, "it runs on the CPU, and this run has an accelerator"
+    if strategy is not None and (strategy.placement != "cpu" or strategy.dtype != "float32" or strategy.split_batch):
+        return False, f"{strategy.name} is not the whole-batch float32 CPU run it replaces"
+    if family not in FAMILIES:
+        return False, f"it converts UNet models ({', '.join(f.value for f in FAMILIES)}), not {family.value}"
+    if blockers:
+        return False, left_out(blockers)
+    by_lever = {m.lever: m for m in measured}
+    exact, lever = by_lever.get("exact"), by_lever.get("openvino")
+    if exact is None or lever is None or model_hash is None:
+        return False, "its per-step time is not measured here at this size (`hayai bench speed --levers openvino`)"
+    if lever.psnr_db is None or lever.psnr_db < min_psnr_db:
+        return False, "its pixels were not compared or differ from the exact run's"
+    if is_converted(model_hash, width, height):
+        to_pay = 0.0
+    else:
+        to_pay = conversion_seconds(model_hash)
+        if to_pay is None:
+            return False, "its conversion was never timed here (`hayai bench speed --levers openvino` times it)"
+    # seconds per step of the plain run, scaled from the measured size to this one by pixel count
+    step_seconds = exact.denoise_seconds / exact.steps * (width * height) / (exact.width * exact.height)
+    return pays_back(steps=steps, images=images, step_seconds=step_seconds, ratio=lever.denoise_ratio,
+                     conversion_seconds=to_pay)
