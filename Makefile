@@ -11,6 +11,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PROMPT ?= a small red circle at the top left on a white background
+EXTRAS ?= test,ui,openvino  # the tests' tools, the web UI, the OpenVINO CPU lever (180 MB; its tests skip without it)
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hayai-installed
@@ -22,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,ui]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: setup
