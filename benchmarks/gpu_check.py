@@ -12,6 +12,8 @@ Stages (benchmarks/gpu_stages.py), in order, each in a forked process killed at 
   ladder    --vram 8GB (sd35m) and 4GB (sdxl) with `resident` forced: the out-of-memory step-downs and the final strategy
   train     LoRA training of arch:sd15 at 512 px under an 8 GB cap on 8 shapes images: caching peak, step peak, samples
   pytest    `pytest -m gpu` on the test files that have GPU-marked tests: its summary line
+  levers    (only if time remains) the speed levers at native sizes (sd15@512, sdxl@1024, sd35m@1024: step
+            caching, token merging, channels_last, block caching): ratios to the exact run and PSNR to its image
   compile   (only if time remains) regional compilation of the sd15 UNet: eager vs compiled s/step
 
 Each result is one JSON line in $OUT/gpu_check.jsonl, written as it is measured; a stage past its deadline is

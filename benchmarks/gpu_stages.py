@@ -400,6 +400,44 @@ def compiled(ctx: StageContext) -> None:
              first_compiled_call_s=first["seconds"], eager_call_s=eager["seconds"], backend="eager" if ctx.dry else "inductor")
 
 
+# -- 9. speed levers at real resolutions -----------------------------------------------------------------------
+GPU_LEVERS = {"sd15": "exact,speed=balanced,step_cache=2,token_merging=0.5,channels_last",
+              "sdxl": "exact,speed=balanced,token_merging=0.5,channels_last",
+              "sd35m": "exact,block_cache=0.05,block_cache=0.1"}
+
+
+def levers(ctx: StageContext) -> None:
+    """`hayai bench speed`'s timing on each architecture at its native size (the code of
+    benchmarks/speed_levers.py): every lever's ratio to the exact run, and the PSNR of its image to the
+    exact run's (random weights: the distance says how much a lever changes the computation, not quality)."""
+    from hayai.generation.engine import Engine
+    from hayai.speed.bench import lever_list, measure_time
+    from hayai.speed.quality import psnr
+
+    from hayai.memory.apply import free_memory
+
+    steps, repeats = (2, 1) if ctx.dry else (20, 2)
+    for arch, names in GPU_LEVERS.items():
+        if ctx.dry and arch == "sd35m":
+            names = "exact"  # the tiny SD3 has 2 transformer blocks: nothing for block caching to skip
+        ref, native = ctx.model(arch)
+        if not ctx.has_time(ctx.seconds(40 if arch == "sd15" else 80, 10), f"{arch} levers"):
+            continue
+        with ctx.guarded(f"{arch} levers"):
+            engine = Engine(device=ctx.device)
+            timed = measure_time(engine, lever_list(names), model=ref, size=native, steps=steps, repeats=repeats)
+            exact = timed.images.get("exact")
+            for name, row in timed.rows.items():
+                image = timed.images.get(name)
+                ctx.emit(item=f"{arch}@{native} {name}", lever=name, steps=steps,
+                         end_to_end_ratio=row["end_to_end_ratio"], denoise_ratio=row["denoise_ratio"],
+                         end_to_end_s=row["end_to_end_seconds"], denoise_s=row["denoise_seconds"],
+                         psnr_db=None if exact is None or image is None or name == "exact" else round(psnr(exact, image), 2))
+            engine.unload_all()
+            del engine, timed
+            free_memory()
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -418,5 +456,6 @@ STAGES = (
     Stage("ladder", ladder, 90),  # each step down rebuilds the model: sdxl at 4 GB may take ten
     Stage("train", train, 60),
     Stage("pytest", gpu_tests, 45, models=False),
+    Stage("levers", levers, 120, optional=True),
     Stage("compile", compiled, 90, optional=True),
 )

@@ -70,6 +70,8 @@ def test_every_stage_of_the_dry_run_writes_its_results_and_an_ok_status(dry_run)
     pytest_line, = _items(stages["pytest"], "summary")
     assert pytest_line["returncode"] == 0 and "skipped" in pytest_line["summary"]
     compiled, = _items(stages["compile"], "eager_s_per_step", "compiled_s_per_step", "speedup")
+    levers = _items(stages["levers"], "lever", "end_to_end_ratio", "denoise_ratio", "psnr_db")
+    assert {line["lever"] for line in levers} >= {"exact", "speed=balanced", "channels_last", "token_merging=0.5"}
     assert compiled["speedup"] > 0
     assert json.loads((out / "summary.json").read_text())["stages"] == summary["stages"]
 
