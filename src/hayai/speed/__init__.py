@@ -1,12 +1,13 @@
 """Speed levers: less work per image, each a request knob whose time and quality cost is measured.
 
-- `presets`: the named presets (`exact`, `balanced`) and the knobs they set; pure data.
+- `presets`: the named presets (`exact`, `balanced`, `fast`) and the knobs they set; pure data.
 - `step_cache`: DeepCache-style reuse of the deep UNet features between steps.
 - `token_merging`: ToMe for the UNet's self-attention.
 - `block_cache`: diffusers' first-block cache for transformers (SD3, Flux): the blocks after the first are
   skipped on steps where the first block's output barely changed. The UNet keeps `step_cache`, as
   diffusers' step caches need a flat list of transformer blocks.
 - `levers`: the one place a pipeline call gets the levers its request asks for (`applied`).
+- `hooks`: what the step caches share on diffusers' hook registry (a lever's state, evaluation starts).
 - `tiny_vae`: a tiny autoencoder (AutoencoderTiny, e.g. TAESD) in place of the model's VAE.
 - `few_step`: few-step LoRAs and models (LCM, TCD, Hyper-SD, Lightning, Turbo) and the settings they need.
 - `quality`: PSNR and SSIM between images, for the benchmark's distance to the exact run.

@@ -46,6 +46,10 @@ class _State:
         """Sub-calls that reused the cached change of the blocks after the first."""
         return self.sub_calls - self.computed
 
+    def begin_evaluation(self) -> None:
+        self.evaluations += 1
+        self.slot = -1
+
 
 def cached_blocks(transformer) -> list:
     """The blocks the cache covers, in call order: all of the transformer's but a last one that returns no
@@ -62,8 +66,11 @@ def _classes():
     from contextlib import ExitStack
 
     import torch
-    from diffusers.hooks import ModelHook
     from diffusers.models.cache_utils import CacheMixin
+
+    from hayai.speed.hooks import evaluation_hooks
+
+    StateHook, Evaluation = evaluation_hooks()
 
     class CachedBlocks(torch.nn.Module, CacheMixin):
         """The cached blocks as one list: diffusers' cache API (`enable_cache`, `cache_context`,
@@ -72,19 +79,6 @@ def _classes():
         def __init__(self, blocks):
             super().__init__()
             self.transformer_blocks = torch.nn.ModuleList(blocks)
-
-    class StateHook(ModelHook):
-        def __init__(self, state: _State):
-            super().__init__()
-            self.state = state
-
-    class Evaluation(StateHook):
-        """On the transformer: a new model evaluation begins."""
-
-        def pre_forward(self, module, *args, **kwargs):
-            self.state.evaluations += 1
-            self.state.slot = -1
-            return args, kwargs
 
     class SubCall(StateHook):
         """On the first block, outside diffusers' hook: the next sub-call opens its own cache context, which

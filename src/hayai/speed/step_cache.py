@@ -45,6 +45,14 @@ class _State:
     def full(self) -> bool:
         return self.evaluation % self.interval == 0
 
+    def begin_evaluation(self) -> None:
+        self.evaluation += 1
+        self.slot = -1
+        if self.full:
+            self.full_evaluations += 1
+        else:
+            self.cached_evaluations += 1
+
 
 def cached_blocks(unet) -> list[tuple[str, object]]:
     """(name, module) of the blocks a cached evaluation does not run."""
@@ -60,24 +68,9 @@ def cached_blocks(unet) -> list[tuple[str, object]]:
 
 
 def _hook_classes():
-    from diffusers.hooks import ModelHook
+    from hayai.speed.hooks import evaluation_hooks
 
-    class StateHook(ModelHook):
-        def __init__(self, state: _State):
-            super().__init__()
-            self.state = state
-
-    class Evaluation(StateHook):
-        """On the UNet: a new model evaluation begins."""
-
-        def pre_forward(self, module, *args, **kwargs):
-            self.state.evaluation += 1
-            self.state.slot = -1
-            if self.state.full:
-                self.state.full_evaluations += 1
-            else:
-                self.state.cached_evaluations += 1
-            return args, kwargs
+    StateHook, Evaluation = evaluation_hooks()
 
     class SubCall(StateHook):
         """On conv_in, which every (possibly split) UNet forward runs once: the next slot of the cache."""
