@@ -139,6 +139,10 @@ def choose(measured, strategy=None, *, compile: tuple[bool, str] | None = None,
 # runs a `compile` lever once untimed whenever the run before was not compiled, and keeps the first of those
 # runs, less a timed one, as the measurement's `one_off_seconds`; the engine turns it on only where, besides
 # PAYS_BELOW and MIN_PSNR_DB, the request's saving pays back that compilation (nothing owed once compiled).
-# Measured on our 2-core CPU, the tiny test UNet (inductor, gcc): MEASURED. Earlier by hand, the same UNet
-# compiled in 62 s, recompiled for 29 s after a memory-format change, and then ran at 1.0x with pixels within
-# 3e-6: on a CPU it is not expected to pay; where it may is a GPU at native sizes, which a bench run there decides.
+# Measured on our 2-core CPU (1 thread), the tiny test SD1 model at 64 px, 4 steps, `hayai bench speed --levers
+# compile --repeats 3` with a fresh inductor cache (gcc): 29.4 s to compile (one_off_seconds), then 1.08x
+# denoising and 1.12x end to end (runs of 0.1 s: noise-level, and no gain), images identical to the exact run's;
+# with inductor's on-disk cache warm from an earlier run, the compilation took 8.1 s. Earlier by hand, the same UNet
+# compiled in 62 s, recompiled for 29 s after a memory-format change, and ran at 1.0x with pixels within 3e-6. So
+# on this CPU it does not pay and the engine leaves it off; where it may is a GPU at native sizes, which a bench
+# run there decides (`hayai bench speed --levers compile`).
