@@ -13,6 +13,7 @@ import pytest
 from hayai.errors import RequestError
 from hayai.models.families import Family
 from hayai.speed import openvino
+from hayai.speed.execution import pays_back
 from hayai.store import SpeedMeasurement
 from inprocess import hayai
 
@@ -23,6 +24,9 @@ def _measured(lever, *, model_hash="h", width=64, steps=4, ratio=1.0, seconds=0.
         threads=1, lever=lever, request={}, repeats=1, denoise_ratio=ratio, end_to_end_ratio=ratio,
         denoise_seconds=seconds, end_to_end_seconds=seconds, adherence_points=None, psnr_db=psnr, ssim=None,
         hayai_version="0", torch_version="0", measured_at="2026-01-01T00:00:00+00:00", id=1)
+
+
+_CONVERSION = {"cost": "conversion", "paid": "already converted"}
 
 
 def _decide(measured, **changes):
@@ -44,12 +48,12 @@ def _converted(model_hash="h", width=64, height=64, seconds=30.0):
 
 def test_openvino_pays_only_when_the_time_it_saves_exceeds_the_conversion_owed():
     # 20 steps x 1 image x 2 s x (1 - 0.8) = 8 s saved against 30 s of conversion: not yet
-    assert openvino.pays_back(steps=20, images=1, step_seconds=2.0, ratio=0.8, conversion_seconds=30.0) == (
+    assert pays_back(steps=20, images=1, step_seconds=2.0, ratio=0.8, owed_seconds=30.0, **_CONVERSION) == (
         False, "0.80x per step saves 8.0 s on 20 steps x 1 image(s), conversion 30.0 s (it pays from 4 images)")
-    assert openvino.pays_back(steps=20, images=4, step_seconds=2.0, ratio=0.8, conversion_seconds=30.0)[0]
-    assert openvino.pays_back(steps=20, images=1, step_seconds=2.0, ratio=0.8, conversion_seconds=0.0) == (
+    assert pays_back(steps=20, images=4, step_seconds=2.0, ratio=0.8, owed_seconds=30.0, **_CONVERSION)[0]
+    assert pays_back(steps=20, images=1, step_seconds=2.0, ratio=0.8, owed_seconds=0.0, **_CONVERSION) == (
         True, "0.80x per step saves 8.0 s on 20 steps x 1 image(s), already converted")
-    slower = openvino.pays_back(steps=20, images=1000, step_seconds=2.0, ratio=1.1, conversion_seconds=0.0)
+    slower = pays_back(steps=20, images=1000, step_seconds=2.0, ratio=1.1, owed_seconds=0.0, **_CONVERSION)
     assert slower[0] is False and slower[1].endswith("(it pays from no number of images)")
 
 
@@ -156,6 +160,7 @@ def test_the_engine_goes_through_openvino_only_where_it_pays(tiny_folders, tmp_p
     with_lever = engine.execution_for(engine.load(model), dataclasses.replace(request, step_cache=2))
     assert with_lever == (frozenset(), [
         "channels_last: off, not measured here at this size (`hayai bench speed --levers channels_last` measures it)",
+        "compile: off, not measured here at this size (`hayai bench speed --levers compile` measures it)",
         "openvino: off, the converted UNet would leave out this request's step_cache"])
     with pytest.raises(RequestError, match="would leave out this request's LoRAs; run without it"):
         engine.execution_for(engine.load(model), dataclasses.replace(request, prompt="x <lora:a:1>"),

@@ -39,10 +39,10 @@ def speed(
 
     Quality on the demo model scores its 60 adherence prompts x --seeds for every lever (about a minute
     each on 2 CPU cores); on another model it is the distance of the timed image to the exact run's.
-    channels_last and openvino (execution levers, not request fields) are measured too when named; the
-    engine then uses channels_last for this model only where it paid here, and openvino only where its
-    per-step gain on a request's images pays back the conversion still owed (the bench's run converts
-    and caches it, untimed).
+    channels_last, compile and openvino (execution levers, not request fields) are measured too when
+    named; the engine then uses channels_last for this model only where it paid here, and compile and
+    openvino only where their per-step gain on a request's images pays back the compilation or conversion
+    still owed (the bench compiles, or converts and caches, in untimed runs, and keeps the compile time).
     """
     from hayai.speed.bench import bench_speed, lever_list
 

@@ -59,8 +59,9 @@ def plan(
         result = plan_keeping_counts(store, facts, shape, spec)
         measured, model_hash = _measured_levers(store, source, here, shape)
     verdict = _openvino(measured, model_hash, facts.family, shape, batch_count, result.chosen.strategy, here)
-    execution, why = (choose(measured, result.chosen.strategy, openvino=verdict) if measured or verdict
-                      else (frozenset(), []))
+    compiling = _compile(measured, facts.denoiser_class, shape, batch_count, result.chosen.strategy, here)
+    execution, why = (choose(measured, result.chosen.strategy, compile=compiling, openvino=verdict)
+                      if measured or verdict else (frozenset(), []))
     suggestions = [suggest(spec, facts.family, p, native=facts.native_size) for p in PRESETS]
     if as_json:
         sys.stdout.write(json.dumps({"model": label, "request": shape.__dict__, **result.to_dict(),
@@ -120,6 +121,18 @@ def _openvino(measured, model_hash, family, shape, batch_count, strategy, here) 
     return openvino.decide(measured, model_hash=model_hash, family=family, width=shape.width, height=shape.height,
                            steps=shape.steps, images=shape.batch_size * batch_count, on_cpu=not here.accelerator,
                            strategy=strategy, min_psnr_db=MIN_PSNR_DB)
+
+
+def _compile(measured, denoiser_class, shape, batch_count, strategy, here) -> tuple[bool, str] | None:
+    """Whether a run of this shape would compile the denoiser's blocks here, and why (None: not judged, for
+    another device). A new process has nothing compiled yet, so the compilation is owed."""
+    from hayai.speed import regional_compile
+
+    if here is None:
+        return None
+    return regional_compile.decide(measured, denoiser_class=denoiser_class, width=shape.width, height=shape.height,
+                                   steps=shape.steps, images=shape.batch_size * batch_count, compiled=False,
+                                   strategy=strategy)
 
 
 def _print_measured(measured, model: str | None, execution, why: list[str]) -> None:

@@ -45,7 +45,7 @@ from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
 from hayai.speed import execution as execution_levers
-from hayai.speed import openvino
+from hayai.speed import openvino, regional_compile
 from hayai.speed.levers import active_levers
 from hayai.speed.few_step import for_model as few_step_for_model
 from hayai.speed.few_step import for_request as few_step_for
@@ -85,6 +85,11 @@ class LoadedModel:
     @property
     def placeholder(self) -> bool:
         return is_placeholder(self.source)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the pipeline's denoiser is compiled (the `compile` lever): it stays so until dropped."""
+        return self.pipe is not None and regional_compile.is_compiled(denoiser_of(self.pipe))
 
     @property
     def random_architecture(self) -> bool:
@@ -236,15 +241,20 @@ class Engine:
                                        f"{self.device_spec.torch_device}: run without it")
                 if blockers:
                     raise RequestError(f"execution lever 'openvino': {openvino.left_out(blockers)}; run without it")
+            if "compile" in names:
+                regional_compile.check(loaded.facts.denoiser_class)
             return names, ["asked for by the caller"]
         measured = nearest(self.store.speed_measurements(loaded.sha256, self.device_spec.key),
                            request.width, request.height, request.steps)
+        images = request.batch_size * request.batch_count
         verdict = openvino.decide(measured, model_hash=loaded.sha256, family=loaded.family, width=request.width,
-                                  height=request.height, steps=request.steps,
-                                  images=request.batch_size * request.batch_count,
+                                  height=request.height, steps=request.steps, images=images,
                                   on_cpu=not self.device_spec.accelerator, blockers=blockers,
                                   min_psnr_db=execution_levers.MIN_PSNR_DB)
-        return execution_levers.choose(measured, openvino=verdict)
+        compiling = regional_compile.decide(measured, denoiser_class=loaded.facts.denoiser_class, width=request.width,
+                                            height=request.height, steps=request.steps, images=images,
+                                            compiled=loaded.compiled)
+        return execution_levers.choose(measured, compile=compiling, openvino=verdict)
 
     def recommended_for(self, request: GenerationRequest, source: ModelSource):
         """(the settings that fill what `request` leaves unset, the few-step method it uses or None): the model
@@ -277,7 +287,8 @@ class Engine:
         LoRAs are patched into the weights before placement. A placed pipeline takes new LoRA weights in
         place when its weights are whole tensors somewhere (resident, CPU, model offload); streamed or
         fp8-stored weights, or another strategy, mean a fresh load (hooks are not undone). Execution levers
-        go on and off in place (OpenVINO compiles once per size). Returns what the levers did worth recording.
+        go on and off in place (OpenVINO compiles once per size), except `compile`, which torch cannot undo: a
+        compiled pipeline that must run without it is loaded again. Returns what the levers did worth recording.
         """
         execution = execution_levers.usable(execution, strategy)
         if (loaded.pipe is not None and loaded.strategy == strategy and loaded.lora_specs == specs
@@ -287,6 +298,7 @@ class Engine:
             return []
         patchable = strategy.placement in ("resident", "te_cpu", "model_offload", "cpu") and not strategy.fp8_storage
         fresh = loaded.strategy is not None and (loaded.strategy != strategy or not patchable)
+        fresh = fresh or (loaded.compiled and "compile" not in execution)
         # dropped after an out-of-memory error or an eviction, or an architecture still on the meta device
         if fresh or loaded.pipe is None or (loaded.random_architecture and _on_meta(loaded.pipe)):
             self._drop_pipe(loaded)

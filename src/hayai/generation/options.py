@@ -2,7 +2,7 @@
 
 An `Engine` is shared (by a server's workers, a sweep, a Ray actor) and nothing a caller passes here
 changes it: the strategy, the lossy permission, whether to save, which images of the run to keep, a
-`CancelToken` the run checks at every denoising step, and the execution levers (channels-last).
+`CancelToken` the run checks at every denoising step, and the execution levers (channels-last, compile, OpenVINO).
 """
 
 from __future__ import annotations

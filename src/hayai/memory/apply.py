@@ -3,10 +3,10 @@
 `apply_strategy(pipe, strategy)` takes a freshly loaded pipeline (weights on the CPU) and places it:
 `.to(device, dtype)`, `enable_model_cpu_offload`, `enable_group_offload`, `enable_sequential_cpu_offload`,
 `enable_layerwise_casting`, VAE tiling and slicing, attention slicing, and the batch split;
-`apply_execution(pipe, names)` puts on (and takes off) the execution levers (channels-last, OpenVINO). Strategies are
-applied once to a fresh pipeline; stepping down after an out-of-memory error reloads and applies anew
-rather than trying to peel hooks off (reloading from the page cache takes seconds, a half-undone
-offload can take a run).
+`apply_execution(pipe, names)` puts on (and takes off) the execution levers (channels-last, regional
+torch.compile, OpenVINO). Strategies are applied once to a fresh pipeline; stepping down after an
+out-of-memory error reloads and applies anew rather than trying to peel hooks off (reloading from the page
+cache takes seconds, a half-undone offload can take a run).
 """
 
 from __future__ import annotations
@@ -78,24 +78,33 @@ def apply_strategy(pipe, strategy: Strategy):
 
 def apply_execution(pipe, names: frozenset[str], *, openvino: dict | None = None) -> list[dict]:
     """Put the execution levers `names` (hayai.speed.execution) on `pipe` and take the others off, in place:
-    `channels_last` converts the denoiser's 4-D weights to channels-last memory format, or back; `openvino`
-    runs the UNet on OpenVINO at the size `openvino` names (`hayai.speed.openvino.attach`'s arguments:
-    family, model_hash, width, height, threads), converting it once into the cache. Returns what was done
-    worth recording (a conversion, a compilation)."""
+    `channels_last` converts the denoiser's 4-D weights to channels-last memory format, or back; `compile`
+    compiles its repeated blocks (at their first call), which cannot be taken off: a compiled pipeline that
+    must run without it is loaded again by the caller; `openvino` runs the UNet on OpenVINO at the size
+    `openvino` names (`hayai.speed.openvino.attach`'s arguments: family, model_hash, width, height,
+    threads), converting it once into the cache. Returns what was done worth recording (a compilation set
+    up, a conversion)."""
     import torch
+
+    from hayai.speed import openvino as ov_lever
+    from hayai.speed import regional_compile
 
     denoiser = denoiser_of(pipe)
     fmt = torch.channels_last if "channels_last" in names else torch.contiguous_format
     denoiser.to(memory_format=fmt)
-    from hayai.speed import openvino as ov_lever
-
+    done = []
+    if "compile" in names:
+        done.append(regional_compile.compile_blocks(denoiser))
+    elif regional_compile.is_compiled(denoiser):
+        raise ValueError("this pipeline's denoiser is compiled, and torch cannot undo that: load it again to run "
+                         "without the compile lever")
     if "openvino" not in names:
         ov_lever.detach(denoiser)
-        return []
-    if openvino is None:
+    elif openvino is None:
         raise ValueError("the openvino lever needs the model and size to compile for")
-    done = ov_lever.attach(denoiser, vae_scale=pipe.vae_scale_factor, **openvino)
-    return [done] if done else []
+    else:
+        done.append(ov_lever.attach(denoiser, vae_scale=pipe.vae_scale_factor, **openvino))
+    return [event for event in done if event]
 
 
 def return_to_host(pipe, strategy: Strategy, load_dtype: str) -> bool:

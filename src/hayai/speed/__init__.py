@@ -12,8 +12,10 @@
 - `few_step`: few-step LoRAs and models (LCM, TCD, Hyper-SD, Lightning, Turbo) and the settings they need.
 - `quality`: PSNR and SSIM between images, for the benchmark's distance to the exact run.
 - `bench`: every lever measured against the exact run on this machine (`hayai bench speed`), kept in the store.
-- `execution`: execution levers (channels-last): how a run computes, on for a model only where a
+- `execution`: execution levers (channels-last, compile, OpenVINO): how a run computes, on for a model only where a
   measurement made here shows that it pays and keeps the pixels.
+- `regional_compile`: the denoiser's repeated blocks compiled by torch.compile (the `compile` execution
+  lever), on only where its measured per-step gain pays back the compilation still owed.
 - `openvino`: the UNet converted to OpenVINO (the `[openvino]` extra), cached by model hash and size; an
   execution lever on the CPU only where its measured per-step gain pays back the conversion.
 

@@ -2,16 +2,20 @@
 
 A lever is `exact` or request fields joined by '+' (`step_cache=3`, `speed=balanced`,
 `step_cache=3+token_merging=0.5`), typed by the field table; `tiny_vae=random` is TAESD's architecture
-with random weights (for time only). An execution lever (`hayai.speed.execution`: `channels_last`, `openvino`) is a
-bare name, alone or joined the same way; every run states its execution levers, so the exact run is the
-plain one whatever was measured before.
+with random weights (for time only). An execution lever (`hayai.speed.execution`: `channels_last`, `compile`,
+`openvino`) is a bare name, alone or joined the same way; every run states its execution levers, so the exact
+run is the plain one whatever was measured before.
 
 - `measure_time`: `Engine.generate` for every lever. After one untimed warm-up run, `repeats` rounds run
   every lever once, in an order rotated each round, so drift on a shared machine hits all alike. Per lever:
   median denoising seconds (the engine's phase timer) and end-to-end seconds (the whole call less its
   load phase: prompt encoding, denoising, decoding; a resident model loads nothing, and putting an
-  execution lever on or off between runs is the bench's doing, not a run's), and the medians of their per-round ratios to the exact run of the same
-  round (< 1: faster); the same for this process's CPU time, which other work disturbs less than wall time.
+  execution lever on or off between runs is the bench's doing, not a run's: a compiled pipeline that runs
+  plain next is loaded again, in that load phase), and the medians of their per-round ratios to the exact
+  run of the same round (< 1: faster); the same for this process's CPU time, which other work disturbs less
+  than wall time. `compile` compiles at its first call, a one-off cost that is not a run's either: a lever
+  with it runs once untimed whenever the run before it was not compiled (a fresh pipeline), and the first
+  of those warm-ups, less the lever's median timed run, is its `one_off_seconds`.
 - `demo_quality`: adherence on the demo model's prompt set (`hayai.demo.adherence.evaluate`) for every
   lever, and the distance of each image to the exact run's image of the same prompt and seed.
 - `bench_speed`: both for one model, as `hayai bench speed` runs them, kept in the store as one
@@ -141,10 +145,18 @@ def measure_time(engine, levers: list[str], *, model: str | None, size: int | No
     plain = engine.run_options(save=False, execution=frozenset())
     engine.generate(GenerationRequest(prompt, **{**base, "steps": 2}), plain)  # warm-up: load, first-use costs
     runs: dict[str, list[dict]] = {name: [] for name in levers}
-    results, images = {}, {}
+    results, images, warm_ups = {}, {}, {}
+    compiled = False  # whether the last run compiled (a compiled pipeline stays so until one runs plain)
     for round_ in range(repeats):
         order = levers[round_ % len(levers):] + levers[: round_ % len(levers)]
         for name in order:
+            if "compile" in execution_of(name) and not compiled:  # its first call compiles: not a run's time
+                start = time.perf_counter()
+                warm = engine.generate(requests[name], dataclasses.replace(plain, execution=execution_of(name)))
+                seconds = time.perf_counter() - start - warm.timings.get("load", 0.0)
+                warm_ups.setdefault(name, seconds)
+                log(f"round {round_ + 1}/{repeats} {name}: compiled in an untimed run of {seconds:.1f} s")
+            compiled = "compile" in execution_of(name)
             stamps: list[float] = []  # process CPU seconds at the end of every denoising step
 
             def on_event(event, stamps=stamps):
@@ -163,6 +175,8 @@ def measure_time(engine, levers: list[str], *, model: str | None, size: int | No
             images.setdefault(name, result.images[0].image)
             log(f"round {round_ + 1}/{repeats} {name}: {runs[name][-1]['end_to_end']:.1f} s")
     rows = {name: _time_row(runs[name], runs["exact"], _knobs(results[name].request, name)) for name in levers}
+    for name, seconds in warm_ups.items():  # what the first call cost beyond a run
+        rows[name]["one_off_seconds"] = round(max(0.0, seconds - rows[name]["end_to_end_seconds"]), 3)
     return TimedLevers(rows, images, results["exact"])
 
 
@@ -293,5 +307,6 @@ def bench_speed(engine, *, model: str | None, levers: list[str], size: int | Non
             denoise_ratio=row["denoise_ratio"], end_to_end_ratio=row["end_to_end_ratio"],
             denoise_seconds=row["denoise_seconds"], end_to_end_seconds=row["end_to_end_seconds"],
             adherence_points=score.get("adherence_points"), psnr_db=score.get("psnr_db"), ssim=score.get("ssim"),
-            hayai_version=hayai.__version__, torch_version=torch.__version__))
+            hayai_version=hayai.__version__, torch_version=torch.__version__,
+            one_off_seconds=row.get("one_off_seconds")))
     return SpeedBench(engine.store.record_speed(measurements), note, details)

@@ -28,7 +28,8 @@ When it is on (`decide`): never by default. Only with the extra installed, on th
 batch at once), for SD1/SD2/SDXL without LoRAs (they are patched into the torch weights, not the converted
 ones) or UNet speed levers (their hooks sit inside the torch UNet), and only where a measurement made here
 (`hayai bench speed --levers openvino`) gives its per-step ratio and the time it saves on this request,
-steps x images x seconds per step x (1 - ratio), exceeds the conversion still to pay (0 once cached).
+steps x images x seconds per step x (1 - ratio), exceeds the conversion still to pay (0 once cached;
+`hayai.speed.execution.pays_back`, the rule `compile` goes by too).
 Measured on our CPU (SD1.5's architecture with random weights, 256 px, 4 steps, 1 thread, 2 rounds of
 `hayai bench speed`): 0.77x denoising time, 0.81x end to end, 83 dB PSNR; 87 s to convert, 3.4 GB of cache
 per size, and 12.4 GB peak for the bench process (the torch UNet stays loaded beside the compiled one, for
@@ -49,9 +50,10 @@ from pathlib import Path
 from hayai import paths
 from hayai.errors import RequestError
 from hayai.models.families import Family
+from hayai.speed.execution import pays_back, step_seconds
 
 __all__ = ["FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "check_family", "conversion_seconds", "convert",
-           "decide", "detach", "is_converted", "left_out", "pays_back", "ready", "INSTALL"]
+           "decide", "detach", "is_converted", "left_out", "ready", "INSTALL"]
 
 FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)  # UNet2DConditionModel denoisers
 INSTALL = "pip install 'hayai[openvino]'"
@@ -254,25 +256,6 @@ def detach(unet) -> None:
         delattr(unet, _ATTR)
 
 
-def pays_back(*, steps: int, images: int, step_seconds: float, ratio: float,
-              conversion_seconds: float) -> tuple[bool, str]:
-    """Whether the time OpenVINO saves on a run, steps x images x seconds per step x (1 - ratio), exceeds the
-    conversion still to pay for it; and why, in numbers."""
-    saved = steps * images * step_seconds * (1 - ratio)
-    numbers = (f"{ratio:.2f}x per step saves {saved:.1f} s on {steps} steps x {images} image(s), "
-               + (f"conversion {conversion_seconds:.1f} s" if conversion_seconds else "already converted"))
-    if saved > conversion_seconds:
-        return True, numbers
-    return False, f"{numbers} (it pays from {_images_to_pay(steps, step_seconds, ratio, conversion_seconds)})"
-
-
-def _images_to_pay(steps: int, step_seconds: float, ratio: float, conversion_seconds: float) -> str:
-    per_image = steps * step_seconds * (1 - ratio)
-    if per_image <= 0:
-        return "no number of images"
-    return f"{int(conversion_seconds // per_image) + 1} images"
-
-
 def left_out(blockers: tuple[str, ...]) -> str:
     """Why a request keeps the torch UNet: what it asks for acts inside it (LoRAs, UNet speed levers)."""
     return f"the converted UNet would leave out this request's {' and '.join(blockers)}"
@@ -306,7 +289,5 @@ def decide(measured, *, model_hash: str | None, family: Family, width: int, heig
         to_pay = conversion_seconds(model_hash)
         if to_pay is None:
             return False, "its conversion was never timed here (`hayai bench speed --levers openvino` times it)"
-    # seconds per step of the plain run, scaled from the measured size to this one by pixel count
-    step_seconds = exact.denoise_seconds / exact.steps * (width * height) / (exact.width * exact.height)
-    return pays_back(steps=steps, images=images, step_seconds=step_seconds, ratio=lever.denoise_ratio,
-                     conversion_seconds=to_pay)
+    return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height),
+                     ratio=lever.denoise_ratio, owed_seconds=to_pay, cost="conversion", paid="already converted")

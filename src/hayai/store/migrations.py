@@ -150,6 +150,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX speed_measurements_model ON speed_measurements (model_hash, device_key, measured_at);
     """,
+    # 8: a lever's one-off cost, paid before its timed rounds (`compile`: the compilation at its first call),
+    # which the engine weighs against the time the lever saves on a request (NULL: none, or not measured).
+    """
+    ALTER TABLE speed_measurements ADD COLUMN one_off_seconds REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

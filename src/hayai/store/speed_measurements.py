@@ -37,6 +37,9 @@ class SpeedMeasurement:
     ssim: float | None
     hayai_version: str
     torch_version: str
+    # seconds a lever costs once, before its timed rounds (`compile`: the first call, which compiles; timed
+    # in the bench's untimed warm-up, less a timed run); None: it has none, or it was not measured
+    one_off_seconds: float | None = None
     measured_at: str = ""  # UTC ISO 8601, stamped when stored; the same for every lever of one bench run
     id: int | None = field(default=None, compare=False)
 
