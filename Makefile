@@ -11,7 +11,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PROMPT ?= a small red circle at the top left on a white background
-EXTRAS ?= test,ui,openvino  # the tests' tools, the web UI, the OpenVINO CPU lever (180 MB; its tests skip without it)
+# the tests' tools, the web UI, the OpenVINO CPU lever (180 MB; its tests skip without it)
+EXTRAS ?= test,ui,openvino
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hayai-installed
