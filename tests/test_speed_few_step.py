@@ -24,6 +24,9 @@ from hayai.speed.few_step import METADATA_KEY, detect, detect_file
     ("Hyper-SD15-1step-lora.safetensors", "Hyper-SD", 1, 1.0, "TCD", "SGM Uniform"),
     ("sdxl_lightning_2step_lora.safetensors", "Lightning", 2, 1.0, "Euler", "SGM Uniform"),
     ("/models/sd-turbo", "Turbo", 4, 1.0, "Euler a", "SGM Uniform"),
+    ("sd_xl_turbo_lora_v1.safetensors", "Turbo", 4, 1.0, "Euler a", "SGM Uniform"),
+    ("sdxl_lightning.safetensors", "Lightning", 4, 1.0, "Euler", "SGM Uniform"),
+    ("lightning_8steps.safetensors", "Lightning", 8, 1.0, "Euler", "SGM Uniform"),
 ], ids=lambda v: v if isinstance(v, str) and "/" not in v else None)
 def test_names_are_recognised(name, method, steps, cfg, sampler, schedule):
     found = detect(name)
@@ -32,9 +35,24 @@ def test_names_are_recognised(name, method, steps, cfg, sampler, schedule):
 
 
 @pytest.mark.parametrize("name", ["add_detail.safetensors", "lcmstyle.safetensors", "hayai-shapes", "arch:sd15",
-                                  "/loras/style/pytorch_lora_weights.safetensors"])
+                                  "/loras/style/pytorch_lora_weights.safetensors",
+                                  # style LoRAs whose names hold the ordinary words, unqualified
+                                  "lightning_bolts_v2.safetensors", "LightningStyle.safetensors",
+                                  "turbo_car_sdxl.safetensors", "TurboEngine.safetensors"])
 def test_other_names_are_not(name):
     assert detect(name) is None
+
+
+@pytest.mark.parametrize("name, method", [
+    ("juggernautXL_v9Rdphoto2Lightning.safetensors", "Lightning"),
+    ("dreamshaperXL_turboDPMSDE.safetensors", "Turbo"),
+    ("RealVisXL_V4.0_Lightning.safetensors", "Lightning"),
+    ("dreamshaper_8LCM.safetensors", "LCM"),
+])
+def test_a_checkpoint_name_needs_only_the_word(name, method):
+    """Merged checkpoints carry the distillation's name, often in camelCase."""
+    found = detect(name, kind="model")
+    assert (found.method, found.kind) == (method, "model")
 
 
 def test_kohya_metadata_is_read_before_the_name():

@@ -8,6 +8,13 @@ by distillation), the kohya metadata (`ss_output_name`, `modelspec.title`, `mode
 `ss_training_comment`), then the file or folder name ("lcm-lora-sdv1-5", "Hyper-SD15-8steps-CFG-lora",
 "sdxl_lightning_4step_lora", "sd-turbo"). The settings follow each method's model card and diffusers'
 docs (REFERENCE: wave2-ecosystem.md 6.3).
+
+"LCM", "TCD" and "Hyper-SD" are jargon, so the word alone is evidence. "Lightning" and "Turbo" are
+ordinary words a style LoRA may carry ("lightning_bolts", "turbo_car_sdxl"), and a few-step reading would
+change its steps and guidance, so a LoRA's name must also give a step count ("sdxl_lightning_4step_lora")
+or put a family just before the word ("sdxl_lightning", "sd_xl_turbo", "FLUX.1-Turbo"). A checkpoint's
+name needs only the word: merges are named "...Lightning" and "...Turbo" for their distillation
+("juggernautXL_v9Rdphoto2Lightning"; camelCase is split into words).
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ class FewStep:
 
 
 _STEPS_IN_NAME = re.compile(r"(\d+)[-_ ]?steps?")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # "dreamshaperXL_lightningDPM" -> words
+_FAMILY_WORDS = {"sd", "xl", "sdxl", "sd15", "sd2", "sd21", "sd3", "sd35", "flux", "large", "medium"}
 
 
 def _named_steps(text: str, default: int) -> int:
@@ -73,62 +82,75 @@ def _named_steps(text: str, default: int) -> int:
     return int(match[1]) if match else default
 
 
-def detect_text(text: str, source: str = "") -> FewStep | None:
-    """The few-step method a name or description names, or None."""
-    lowered = text.lower()
-    words = set(re.split(r"[^a-z0-9]+", lowered))
+def _qualified(word: str, words: list[str], lowered: str) -> bool:
+    """Whether an ordinary `word` ("lightning", "turbo") names a distillation in a LoRA's name: a step count,
+    or a family among the three words before it ("sd3.5_large_turbo": sd3, 5, large)."""
+    if _STEPS_IN_NAME.search(lowered):
+        return True
+    at = words.index(word)
+    return bool(_FAMILY_WORDS.intersection(words[max(0, at - 3):at]))
+
+
+def detect_text(text: str, source: str = "", kind: str = "LoRA") -> FewStep | None:
+    """The few-step method a name or description names, or None; `kind` "model" (a checkpoint's name) takes
+    "Lightning" and "Turbo" alone, "LoRA" wants them qualified (the module's docstring says why)."""
+    lowered = _CAMEL.sub(" ", text).lower()
+    ordered = [word for word in re.split(r"[^a-z0-9]+", lowered) if word]
+    words = set(ordered)
+    ordinary = lambda word: word in words and (kind == "model" or _qualified(word, ordered, lowered))  # noqa: E731
     if re.search(r"hyper[-_ ]?sd", lowered):
         if "cfg" in words:  # Hyper-SD's CFG-preserving LoRAs (8 and 12 steps): guidance 5-8, negative prompts work
             steps = _named_steps(lowered, 8)
             return FewStep("Hyper-SD", steps, 6.0, "DDIM", "SGM Uniform", (steps // 2, steps * 2), (4.0, 8.0),
-                           ("DDIM", "Euler", "TCD"), source)
+                           ("DDIM", "Euler", "TCD"), source, kind)
         steps = _named_steps(lowered, 1)
         if steps == 1:  # the 1-step unified LoRA samples with TCD
-            return FewStep("Hyper-SD", 1, 1.0, "TCD", "SGM Uniform", (1, 8), (1.0, 1.0), ("TCD",), source)
+            return FewStep("Hyper-SD", 1, 1.0, "TCD", "SGM Uniform", (1, 8), (1.0, 1.0), ("TCD",), source, kind)
         return FewStep("Hyper-SD", steps, 1.0, "DDIM", "SGM Uniform", (max(1, steps // 2), steps * 2), (1.0, 1.0),
-                       ("DDIM", "Euler", "TCD"), source)
-    if "lightning" in words:
+                       ("DDIM", "Euler", "TCD"), source, kind)
+    if ordinary("lightning"):
         steps = _named_steps(lowered, 4)
         return FewStep("Lightning", steps, 1.0, "Euler", "SGM Uniform", (steps, steps * 2), (1.0, 1.0),
-                       ("Euler",), source)
+                       ("Euler",), source, kind)
     if "tcd" in words:
-        return FewStep("TCD", 4, 1.0, "TCD", "Uniform", (2, 8), (1.0, 1.5), ("TCD",), source)
+        return FewStep("TCD", 4, 1.0, "TCD", "Uniform", (2, 8), (1.0, 1.5), ("TCD",), source, kind)
     if "lcm" in words:
-        return FewStep("LCM", 4, 1.0, "LCM", "Uniform", (2, 8), (1.0, 2.0), ("LCM",), source)
-    if "turbo" in words:
-        return FewStep("Turbo", 4, 1.0, "Euler a", "SGM Uniform", (1, 4), (1.0, 1.0), ("Euler a", "Euler"), source)
+        return FewStep("LCM", 4, 1.0, "LCM", "Uniform", (2, 8), (1.0, 2.0), ("LCM",), source, kind)
+    if ordinary("turbo"):
+        return FewStep("Turbo", 4, 1.0, "Euler a", "SGM Uniform", (1, 4), (1.0, 1.0), ("Euler a", "Euler"), source, kind)
     return None
 
 
-def _from_metadata_key(value: str, source: str) -> FewStep | None:
+def _from_metadata_key(value: str, source: str, kind: str) -> FewStep | None:
     try:
         data = json.loads(value)
-        named = detect_text(str(data["method"]), source)
+        named = detect_text(str(data["method"]), source, "model")  # the method's own name: no qualifier needed
     except (ValueError, KeyError, TypeError):
         return None
     if named is None:
         return None
     changes = {k: data[k] for k in ("steps", "cfg_scale", "sampler", "schedule_type") if k in data}
-    return replace(named, **changes)
+    return replace(named, kind=kind, **changes)
 
 
-def detect(name: str, metadata: dict[str, str] | None = None) -> FewStep | None:
-    """The few-step method of weights called `name` (a file or folder path) with this metadata, or None."""
+def detect(name: str, metadata: dict[str, str] | None = None, *, kind: str = "LoRA") -> FewStep | None:
+    """The few-step method of weights called `name` (a file or folder path) with this metadata, or None;
+    `kind` is "LoRA" or "model"."""
     metadata = metadata or {}
     path = Path(name)
     label = path.name
     if METADATA_KEY in metadata:
-        found = _from_metadata_key(metadata[METADATA_KEY], f"{label} (metadata {METADATA_KEY})")
+        found = _from_metadata_key(metadata[METADATA_KEY], f"{label} (metadata {METADATA_KEY})", kind)
         if found is not None:
             return found
     for key in _TEXT_KEYS:
         if metadata.get(key):
-            found = detect_text(metadata[key], f"{label} (metadata {key})")
+            found = detect_text(metadata[key], f"{label} (metadata {key})", kind)
             if found is not None:
                 return found
     stem = path.stem if path.suffix in (".safetensors", ".ckpt", ".pt", ".bin") else path.name
     text = f"{path.parent.name} {stem}" if stem.lower() in _GENERIC_STEMS else stem
-    return detect_text(text, f"{label} (name)")
+    return detect_text(text, f"{label} (name)", kind)
 
 
 def detect_file(path: Path) -> FewStep | None:
@@ -167,8 +189,7 @@ def for_request(request, source, find_lora) -> FewStep | None:
         if found is not None:
             break
     if found is None:
-        found = detect(source.name)
-        found = replace(found, kind="model") if found is not None else None
+        found = detect(source.name, kind="model")
     if found is not None and FAMILY_INFO[source.family].flow_matching:
         found = for_flow_matching(found)
     return found
