@@ -72,9 +72,9 @@ def test_the_teacher_runs_without_the_lora_and_guided_while_the_student_and_targ
     losses = objective.example_losses(torch.ones((2, 4, 8, 8)), draw, predict, {"name": "cond"}, {"name": "uncond"})
     start = objective.timesteps[draw.index].tolist()
     end = [max(0, t - 1000 // DDIM_STEPS) for t in start]
-    assert calls == [(True, "cond", start, True),  # the student, with gradient
-                     (False, "cond", start, False), (False, "uncond", start, False),  # the teacher: LoRA off, guided
-                     (True, "cond", end, False)]  # the target: the LoRA one step later, no gradient
+    assert calls == [(False, "cond", start, False), (False, "uncond", start, False),  # the teacher: LoRA off, guided
+                     (True, "cond", end, False),  # the target: the LoRA one step later, no gradient
+                     (True, "cond", start, True)]  # the student, with gradient, last: nothing runs on top of what it keeps
     assert network.enabled and losses.shape == (2,) and torch.all(losses > 0)
 
 

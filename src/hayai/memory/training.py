@@ -8,7 +8,9 @@ What training keeps on the device:
   keeps its moments in 2 bytes);
 - the activations kept for the backward pass: `TRAIN_ACTIVATION_FACTOR` times the peak activations of an
   inference forward (`costs.denoiser_activation_bytes`), or `CHECKPOINTED_FACTOR` times with gradient
-  checkpointing (only block inputs are kept; one block is recomputed at a time).
+  checkpointing (only block inputs are kept; one block is recomputed at a time). Distillation
+  (`hayai train distill`) adds three denoiser passes without gradient (the teacher's two and the target),
+  run before the student's so that their activations are freed before it keeps its own: the same peak.
 
 The proposal: mixed precision in bf16 where the device has it (fp16 otherwise; float32 on a CPU, whose
 half-precision kernels are slow), latents and text embeddings cached (unless captions change between

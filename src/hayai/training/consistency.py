@@ -116,7 +116,9 @@ class ConsistencyObjective:
         end = (start - self.skip).clamp(min=0)
         a, b = self._alpha(start, latents)
         noisy = (a * latents.float() + b * draw.noise.to(latents.device).float()).to(latents.dtype)
-        estimate = self._consistency(predict(noisy, start, cond), noisy, start)
+        # The three passes without gradient come first: run after the student's, their activations would sit on
+        # top of the ones it keeps for the backward pass; run before, the step peaks no higher than a LoRA
+        # step's, which is what the training memory plan counts.
         with torch.no_grad():
             self.network.set_enabled(False)
             try:
@@ -129,5 +131,6 @@ class ConsistencyObjective:
             a_end, b_end = self._alpha(end, latents)
             stepped = (a_end * x0 + b_end * eps).to(latents.dtype)
             target = self._consistency(predict(stepped, end, cond), stepped, end)
+        estimate = self._consistency(predict(noisy, start, cond), noisy, start)
         distance = ((estimate - target) ** 2 + HUBER_C**2).sqrt() - HUBER_C
         return distance.mean(dim=tuple(range(1, distance.ndim)))
