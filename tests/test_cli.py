@@ -169,6 +169,21 @@ def test_jpeg_and_webp_keep_their_parameters(tiny_folders, tmp_path):
         assert "Seed: 9" in hayai("info", path).stdout
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_plan_predicts_a_cpu_run_for_the_threads_it_will_use():
+    """`hayai generate` runs torch on the free cores (or --threads); the plan's time is for those threads."""
+    before = torch.get_num_threads()
+    try:
+        one, two = (json.loads(hayai("plan", "-m", "arch:sd15", "-W", "256", "-H", "256", "--threads", n, "--json").stdout)
+                    for n in ("1", "2"))
+    finally:
+        torch.set_num_threads(before)
+    assert (one["device"]["threads"], two["device"]["threads"]) == (1, 2)
+    assert two["device"]["tflops"] == pytest.approx(2 * one["device"]["tflops"])
+    chosen = lambda plan: next(c["seconds"] for c in plan["candidates"] if c["strategy"]["name"] == one["chosen"])  # noqa: E731
+    assert chosen(one) == pytest.approx(2 * chosen(two), rel=0.01)
+
+
 def test_plan_and_doctor_speak_json():
     plan = json.loads(hayai("plan", "-m", "arch:sd15", "--device", "RTX 4090 24GB", "-b", "2", "--json").stdout)
     assert plan["chosen"] == "resident" and plan["request"]["width"] == 512 and plan["request"]["batch_size"] == 2

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from hayai.errors import RequestError
 
-__all__ = ["DeviceSpec", "MachineInfo", "probe", "host_memory", "free_cores", "cpu_threads", "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory",
-           "allocator_fraction", "GIB", "WINDOWS_VRAM_FRACTION"]
+__all__ = ["DeviceSpec", "MachineInfo", "probe", "host_memory", "free_cores", "cpu_threads", "use_cpu_threads",
+           "parse_device_spec", "parse_size", "known_gpu", "capped", "cap_memory", "allocator_fraction", "GIB",
+           "WINDOWS_VRAM_FRACTION"]
 
 GIB = 1024**3
 
@@ -69,6 +70,7 @@ class DeviceSpec:
     host_tflops: float = 8 * _CPU_CORE_GFLOPS / 1000  # the host CPU, for work moved off the device (8 cores)
     simulated: bool = False
     index: int = 0
+    threads: int = 0  # a CPU: the torch threads its `tflops` counts (one core's peak each); 0 for accelerators
 
     @property
     def accelerator(self) -> bool:
@@ -90,7 +92,9 @@ class DeviceSpec:
     def describe(self) -> str:
         mem = f"{self.total_bytes / GIB:.1f} GiB"
         link = f", link {self.link_gbps:.0f} GB/s" if self.accelerator else ""
-        return f"{self.name} ({self.kind}, {mem}, ~{self.tflops:g} TFLOP/s{link}{', simulated' if self.simulated else ''})"
+        threads = f" on {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else ""
+        return (f"{self.name} ({self.kind}, {mem}, ~{self.tflops:g} TFLOP/s{threads}{link}"
+                f"{', simulated' if self.simulated else ''})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,9 +160,20 @@ def _nvidia_smi(query: str) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
-def _cpu_tflops() -> float:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return round(cores * _CPU_CORE_GFLOPS / 1000, 3)
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _torch_threads() -> int:
+    """The threads torch's CPU kernels run on now, at most the cores (more threads than cores add no speed)."""
+    import torch
+
+    return min(torch.get_num_threads(), _cores())
+
+
+def _cpu_tflops(threads: int) -> float:
+    return round(threads * _CPU_CORE_GFLOPS / 1000, 3)
 
 
 def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
@@ -191,7 +206,7 @@ def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
                 link_gbps=round(link, 1),
                 host_ram_bytes=host_total,
                 compute_capability=capability,
-                host_tflops=_cpu_tflops(),
+                host_tflops=_cpu_tflops(_torch_threads()),
                 index=index,
             )
         )
@@ -199,10 +214,12 @@ def _cuda_devices(torch, host_total: int) -> list[DeviceSpec]:
 
 
 def _cpu_device(host_total: int, host_free: int) -> DeviceSpec:
+    """This CPU, as fast as the threads torch runs on now (`use_cpu_threads` sets them before a run is planned)."""
+    threads = _torch_threads()
     return DeviceSpec(
         kind="cpu", name=platform.processor() or platform.machine() or "cpu", total_bytes=host_total,
-        free_bytes=host_free, bf16=False, fp16=False, fp8=False, sdpa=True, tflops=_cpu_tflops(), link_gbps=0.0,
-        host_ram_bytes=host_total, host_tflops=_cpu_tflops(),
+        free_bytes=host_free, bf16=False, fp16=False, fp8=False, sdpa=True, tflops=_cpu_tflops(threads), link_gbps=0.0,
+        host_ram_bytes=host_total, host_tflops=_cpu_tflops(threads), threads=threads,
     )
 
 
@@ -229,6 +246,16 @@ def cpu_threads(asked: int | None = None) -> tuple[int, str]:
     return free_cores(), "free cores (CPUs less the load average)"
 
 
+def use_cpu_threads(asked: int | None = None) -> int:
+    """Set torch's CPU thread count for this process as `cpu_threads(asked)` says, before a run is probed and
+    planned (the CPU's predicted speed is that of these threads); the count."""
+    import torch
+
+    threads = cpu_threads(asked)[0]
+    torch.set_num_threads(threads)
+    return threads
+
+
 def probe() -> MachineInfo:
     """Measure this machine: every visible accelerator, then the CPU, plus what `hayai doctor` needs."""
     import torch
@@ -243,7 +270,7 @@ def probe() -> MachineInfo:
     if mps is not None and mps.is_available():
         # Apple silicon shares RAM with the GPU; macOS lets the GPU use roughly 3/4 of it.
         devices.append(DeviceSpec("mps", "Apple GPU", int(host_total * 0.75), int(host_free * 0.75), False, True,
-                                  False, True, 10.0, 0.0, host_total, host_tflops=_cpu_tflops()))
+                                  False, True, 10.0, 0.0, host_total, host_tflops=_cpu_tflops(_torch_threads())))
     devices.append(_cpu_device(host_total, host_free))
     home = paths.hayai_home()
     disk_root = next((p for p in [home, *home.parents] if p.exists()), Path("/"))
@@ -289,7 +316,7 @@ def parse_device_spec(text: str, *, host_ram_bytes: int = 32 * GIB) -> DeviceSpe
     if lower.startswith("cpu"):
         total = total or host_ram_bytes
         return DeviceSpec("cpu", f"simulated CPU ({text.strip()})", total, total, False, False, False, True,
-                          _cpu_tflops(), 0.0, total, simulated=True)
+                          _cpu_tflops(_cores()), 0.0, total, simulated=True, threads=_cores())
     tflops, bf16, fp8 = known_gpu(lower)
     if total is None:
         raise RequestError(f"device spec {text!r} names no memory size; add one, e.g. '{text.strip()} 8GB'")

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from hayai.cli.output import console, escape
+from hayai.cli.request_options import RunFlags, run_flags
 from hayai.hardware import parse_size  # noqa: F401  (the CLI's --vram parser: cli.generate and cli.sweep take it from here)
 
 
@@ -30,6 +31,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.
             console.print(escape(f"{'':>10}  fix: {finding.fix}"))
 
 
+@run_flags(only=("threads",))
 def plan(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A model, or arch:sd15 / arch:sdxl / arch:sd35m."),
     width: Optional[int] = typer.Option(None, "--width", "-W", help="Width \\[the family's native size]."),
@@ -42,15 +44,17 @@ def plan(
     device: Optional[str] = typer.Option(None, "--device", help='A device that is not here, e.g. "RTX 4060 8GB, PCIe 4.0 x8".'),
     show_all: bool = typer.Option(False, "--all", help="Also show candidates another one beats on both memory and time."),
     as_json: bool = typer.Option(False, "--json", help="The plan as JSON."),
+    flags: RunFlags = None,
 ) -> None:
     """Every execution strategy with its predicted peak memory and time, and the one hayai would pick."""
-    from hayai.hardware import GIB
+    from hayai.hardware import GIB, use_cpu_threads
     from hayai.memory.planner import PlanRequest
     from hayai.memory.planner import plan_keeping_counts
     from hayai.memory.presets import PRESETS, suggest
     from hayai.speed.execution import choose
     from hayai.store import Store
 
+    use_cpu_threads(flags.threads)  # as `hayai generate` would: a CPU's time is that of these threads
     source, facts, label = _facts(model)
     spec, here = _device(device, vram)
     side = facts.native_size

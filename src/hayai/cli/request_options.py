@@ -106,13 +106,11 @@ class RunFlags:
         """The engine these flags ask for (the strategy is its default for every call; `more` are further
         Engine arguments); torch's CPU thread count is set for the process here (--threads, else
         $OMP_NUM_THREADS, else the free cores)."""
-        import torch
-
         from hayai.cli.output import silence_library_progress
         from hayai.generation.engine import Engine
-        from hayai.hardware import cpu_threads, parse_size
+        from hayai.hardware import parse_size, use_cpu_threads
 
-        torch.set_num_threads(cpu_threads(self.threads)[0])
+        use_cpu_threads(self.threads)
         silence_library_progress()
         return Engine(allow_pickle=self.allow_pickle, vram=parse_size(self.vram) if self.vram else None,
                       strategy=self.strategy, device=self.device, **more)
