@@ -142,7 +142,7 @@ def test_block_cache_covers_both_block_lists_of_flux():
 
 
 def test_too_few_blocks_to_cache_is_a_clear_error():
-    with pytest.raises(ValueError, match="at least 2 blocks to cache \\(all but SD3's last\\); this "
+    with pytest.raises(RequestError, match="at least 2 blocks to cache \\(all but SD3's last\\); this "
                                          "SD3Transformer2DModel has 1"):
         BlockCache(build_tiny_pipeline(Family.SD3).transformer, 0.1)
 

@@ -111,9 +111,11 @@ class BlockCache:
 
     def __init__(self, transformer, threshold: float):
         blocks = cached_blocks(transformer)
-        if len(blocks) < 2:
-            raise ValueError(f"block caching needs a transformer with at least 2 blocks to cache (all but SD3's "
-                             f"last); this {type(transformer).__name__} has {len(blocks)}")
+        if len(blocks) < 2:  # a model's size, not a bug: the user's error to fix
+            from hayai.errors import RequestError
+
+            raise RequestError(f"block_cache needs a transformer with at least 2 blocks to cache (all but SD3's "
+                               f"last); this {type(transformer).__name__} has {len(blocks)}: run it without block_cache")
         self.transformer, self.state = transformer, _State(threshold)
         self._blocks = blocks
         self._undo = None  # an ExitStack that removes what __enter__ installed
