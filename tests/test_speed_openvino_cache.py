@@ -172,3 +172,75 @@ def test_a_bad_cap_fails_before_anything_is_converted(monkeypatch):
     monkeypatch.setenv(CAP_VARIABLE, "16GB")
     with pytest.raises(RequestError, match=r"HAYAI_OPENVINO_CACHE_GB='16GB' is not a size in GiB"):
         openvino.attach(_FakeUNet(), Family.SD1, "h", 64, 64, threads=1)
+
+
+# -- `hayai models cache` -------------------------------------------------------------------------------------------
+
+
+def _cache_with_two_models():
+    from hayai import paths
+    from hayai.models.catalog import PLACEHOLDER_NAME
+    from hayai.store import Store
+
+    known, unknown = "a" * 64, "b" * 64
+    _entry(known, 64, last_used="2020-01-03T04:05:06Z")
+    _entry(known, 128, payload=3000)
+    _entry(unknown, 64, last_used="2020-01-02T00:00:00Z")
+    with Store() as store:  # the history knows a model by its hash; the newest run's name is the one shown
+        for name in ("old-name", "my-model"):
+            store.start_run("generate", request={}, model=name, model_hash=known, device="cpu")
+    placeholder = paths.cache_dir() / PLACEHOLDER_NAME
+    placeholder.mkdir()
+    (placeholder / "model_index.json").write_text("{}")
+    return known, unknown, placeholder
+
+
+def test_models_cache_lists_the_conversions_with_their_model_size_and_dates():
+    from inprocess import hayai
+
+    assert hayai("models", "cache").stdout.startswith("nothing in ")
+    known, unknown, placeholder = _cache_with_two_models()
+    listed = json.loads(hayai("models", "cache", "--json").stdout)
+    openvino_part = listed["openvino"]
+    rows = [(c["name"], c["model_hash"], c["width"], c["last_used"]) for c in openvino_part["conversions"]]
+    assert rows == [("my-model", known, 128, "2020-01-01T00:00:00Z"), (None, unknown, 64, "2020-01-02T00:00:00Z"),
+                    ("my-model", known, 64, "2020-01-03T04:05:06Z")]  # least recently used first
+    sizes = [c["bytes"] for c in openvino_part["conversions"]]
+    assert sizes[0] == sizes[1] + 2000 and openvino_part["bytes"] == sum(sizes)
+    assert openvino_part["cap_bytes"] == 16 * GIB and listed["other"][0]["folder"] == str(placeholder)
+    assert listed["total_bytes"] == sum(sizes) + 2  # + the placeholder's "{}"
+
+    text = hayai("models", "cache").stdout
+    assert f"my-model  {known[:12]}  64x64" in text and "2020-01-01 00:00  2020-01-03 04:05" in text
+    assert f"?         {unknown[:12]}  64x64" in text and known[:13] not in text
+    assert "cap 16.0 GiB, $HAYAI_OPENVINO_CACHE_GB" in text and "placeholder model" in text
+    assert "`hayai models cache --clear-openvino` removes the OpenVINO conversions" in text
+
+
+def test_models_cache_reports_a_bad_cap_instead_of_failing(monkeypatch):
+    from inprocess import hayai
+
+    _entry("h")
+    monkeypatch.setenv(CAP_VARIABLE, "lots")
+    listed = json.loads(hayai("models", "cache", "--json").stdout)
+    assert listed["openvino"]["cap_bytes"] is None
+    assert listed["openvino"]["cap_problem"].startswith("HAYAI_OPENVINO_CACHE_GB='lots' is not a size in GiB")
+
+
+def test_clear_openvino_removes_every_conversion_and_says_what_it_freed():
+    from inprocess import hayai
+
+    _, _, placeholder = _cache_with_two_models()
+    partial = openvino_cache.root() / "c-64x64.partial-99"
+    partial.mkdir()
+    (partial / "unet.bin").write_bytes(b"\0" * 100)
+    total = sum(e.bytes for e in openvino_cache.entries())
+    cleared = json.loads(hayai("models", "cache", "--clear-openvino", "--json").stdout)
+    assert len(cleared["removed"]) == 4 and cleared["freed_bytes"] == total
+    assert openvino_cache.entries() == [] and not partial.exists() and placeholder.is_dir()  # only OpenVINO's
+    assert hayai("models", "cache", "--clear-openvino").stdout.strip() == f"no OpenVINO conversions in {openvino_cache.root()}"
+
+    _entry("d")
+    size = openvino_cache.entries()[0].bytes
+    assert hayai("models", "cache", "--clear-openvino").stdout.strip() == (
+        f"removed 1 OpenVINO conversion(s) from {openvino_cache.root()}: {size / 1024:.1f} KiB freed")
