@@ -246,10 +246,10 @@ def attach(unet, family: Family, model_hash: str, width: int, height: int, *, th
     if ready(unet, width, height, vae_scale=vae_scale):
         return None
     ov = _import()
-    cap = openvino_cache.cap_bytes()  # (a bad $HAYAI_OPENVINO_CACHE_GB fails now, not after a conversion)
     folder = cache_folder(model_hash, width, height)
     converted = None
     if not is_converted(model_hash, width, height):
+        cap = openvino_cache.cap_bytes()  # (a bad $HAYAI_OPENVINO_CACHE_GB fails now, not after the conversion)
         converted = convert(unet, family, model_hash, width, height, vae_scale=vae_scale)
     else:
         openvino_cache.touch(folder)
