@@ -117,3 +117,41 @@ def test_vram_on_a_cpu_is_refused_with_what_to_do_instead():
 
     proc = hayai("generate", "x", "--vram", "2GB", "--device", "cpu", check=False)
     assert proc.returncode == 2 and "--vram caps GPU memory" in proc.stderr and "hayai plan --vram 2GB" in proc.stderr
+
+
+def test_the_openvino_cache_is_reported_with_its_size_and_the_clear_command_only_when_it_holds_something():
+    from pathlib import Path
+
+    from hayai.speed.openvino_cache import Usage
+
+    assert "OpenVINO cache" not in by_topic(diagnose(machine()))
+    assert "OpenVINO cache" not in by_topic(diagnose(machine(), openvino_cache=None))
+    held = Usage(Path("/h/cache/openvino"), conversions=3, bytes=int(9.6 * GIB), cap_bytes=16 * GIB)
+    finding = by_topic(diagnose(machine(), openvino_cache=held))["OpenVINO cache"]
+    assert finding.level == "info"
+    assert finding.message == ("3 OpenVINO conversion(s), 9.6 GiB in /h/cache/openvino (kept under 16 GiB by "
+                               "HAYAI_OPENVINO_CACHE_GB, least recently used removed first)")
+    assert finding.fix.startswith("hayai models cache --clear-openvino")
+    bad = Usage(Path("/h/cache/openvino"), 1, GIB, None, "HAYAI_OPENVINO_CACHE_GB='x' is not a size in GiB")
+    finding = by_topic(diagnose(machine(), openvino_cache=bad))["OpenVINO cache"]
+    assert finding.level == "warning" and "a run that converts will stop: HAYAI_OPENVINO_CACHE_GB='x'" in finding.message
+
+
+def test_hayai_doctor_finds_the_openvino_cache_on_disk():
+    import json
+
+    from inprocess import hayai
+
+    from hayai.speed import openvino
+
+    topics = [f["topic"] for f in json.loads(hayai("doctor", "--json").stdout)["findings"]]
+    assert "OpenVINO cache" not in topics and "disk" in topics
+    openvino.cache_folder("h", 64, 64).parent.mkdir(parents=True)  # an empty cache is nothing to report either
+    assert "OpenVINO cache" not in [f["topic"] for f in json.loads(hayai("doctor", "--json").stdout)["findings"]]
+    folder = openvino.cache_folder("h", 64, 64)
+    folder.mkdir()
+    (folder / "unet.bin").write_bytes(b"\0" * 2048)
+    (folder / "conversion.json").write_text(json.dumps({"seconds": 1.0, "converted_at": "2020-01-01T00:00:00Z"}))
+    found = {f["topic"]: f for f in json.loads(hayai("doctor", "--json").stdout)["findings"]}["OpenVINO cache"]
+    assert found["level"] == "info" and found["message"].startswith("1 OpenVINO conversion(s), 0.0 GiB in ")
+    assert "hayai models cache --clear-openvino" in hayai("doctor").stdout

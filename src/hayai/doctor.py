@@ -2,8 +2,8 @@
 
 Seed 000's troubleshooting list made automatic: a CPU-only torch on a machine with an NVIDIA GPU,
 CUDA not visible, little VRAM / RAM / disk, Windows' system-memory fallback, allocator settings,
-library versions. `diagnose(machine)` is pure (a `MachineInfo` in, findings out), so every finding is
-tested on machines that are not here.
+library versions, and the disk the OpenVINO cache takes. `diagnose(machine)` is pure (a `MachineInfo` and
+the cache's `openvino_cache.Usage` in, findings out), so every finding is tested on machines that are not here.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ class Finding:
         return asdict(self)
 
 
-def diagnose(machine: MachineInfo) -> list[Finding]:
-    """Every check, in the order a person would go through them."""
+def diagnose(machine: MachineInfo, openvino_cache=None) -> list[Finding]:
+    """Every check, in the order a person would go through them; `openvino_cache` is
+    `hayai.speed.openvino_cache.usage()` (None: the cache holds nothing)."""
     findings = [_torch_build(machine)]
     findings += _accelerators(machine)
-    findings += [_host_ram(machine), _disk(machine), _allocator(machine)]
+    findings += [_host_ram(machine), _disk(machine), _openvino_cache(openvino_cache), _allocator(machine)]
     findings += _windows(machine)
     findings.append(Finding("info", "versions", ", ".join(
         [f"python {machine.python}", f"torch {machine.torch_version}"] + [f"{k} {v}" for k, v in machine.versions.items()]
@@ -93,6 +94,18 @@ def _disk(machine: MachineInfo) -> Finding:
         return Finding("warning", "disk", f"{free:.1f} GiB free where hayai keeps its files: an SDXL checkpoint is 7 GB",
                        "free space or set HAYAI_HOME to a bigger disk (an SSD loads models faster)")
     return Finding("ok", "disk", f"{free:.0f} GiB free")
+
+
+def _openvino_cache(usage) -> Finding | None:
+    if usage is None:
+        return None
+    held = f"{usage.conversions} OpenVINO conversion(s), {usage.bytes / GIB:.1f} GiB in {usage.folder}"
+    if usage.cap_problem:
+        return Finding("warning", "OpenVINO cache", f"{held}; a run that converts will stop: {usage.cap_problem}",
+                       "unset HAYAI_OPENVINO_CACHE_GB (16 GiB) or set it to a number of GiB")
+    return Finding("info", "OpenVINO cache", f"{held} (kept under {usage.cap_bytes / GIB:g} GiB by "
+                   "HAYAI_OPENVINO_CACHE_GB, least recently used removed first)",
+                   "hayai models cache --clear-openvino frees it; a run converts again what it needs")
 
 
 def _allocator(machine: MachineInfo) -> Finding | None:

@@ -1,4 +1,4 @@
-"""`hayai models list|add|info|remove`."""
+"""`hayai models list|add|info|remove|cache`."""
 
 from __future__ import annotations
 
@@ -86,3 +86,82 @@ def info(
     for key, value in data.items():
         if value is not None:
             console.print(escape(f"{key:>10}: {value}"))
+
+
+@app.command("cache")
+def cache(
+    clear_openvino: bool = typer.Option(False, "--clear-openvino", help="Remove every OpenVINO conversion (each is "
+                                        "made again when a run needs it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """What hayai keeps under $HAYAI_HOME/cache: OpenVINO conversions (kept under $HAYAI_OPENVINO_CACHE_GB GiB,
+    least recently used removed first) and the placeholder model."""
+    from hayai.speed import openvino_cache
+
+    if clear_openvino:
+        removed = openvino_cache.clear()
+        freed = sum(e.bytes for e in removed)
+        if as_json:
+            sys.stdout.write(json.dumps({"removed": [e.to_dict() for e in removed], "freed_bytes": freed}, indent=2) + "\n")
+        elif removed:
+            console.print(escape(f"removed {len(removed)} OpenVINO conversion(s) from {openvino_cache.root()}: "
+                                 f"{format_bytes(freed)} freed"), soft_wrap=True)
+        else:
+            console.print(escape(f"no OpenVINO conversions in {openvino_cache.root()}"), soft_wrap=True)
+        return
+    data = _cache_listing()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    if not data["openvino"]["conversions"] and not data["other"]:
+        console.print(escape(f"nothing in {data['folder']}"), soft_wrap=True)
+        return
+    openvino = data["openvino"]
+    if openvino["conversions"]:
+        from rich.table import Table
+
+        cap = (f"cap {format_bytes(openvino['cap_bytes'])}" if openvino["cap_bytes"] is not None
+               else openvino["cap_problem"])
+        console.print(escape(f"OpenVINO conversions in {openvino['folder']} ({format_bytes(openvino['bytes'])}; {cap}, "
+                             f"${openvino_cache.CAP_VARIABLE}):"), soft_wrap=True)
+        table = Table("model", "hash", "size", "disk", "converted (UTC)", "last used (UTC)", box=None)
+        for e in openvino["conversions"]:
+            table.add_row(escape(e["name"] or "?"), e["model_hash"][:12], f"{e['width']}x{e['height']}",
+                          format_bytes(e["bytes"]), _when(e["converted_at"]) if not e["unfinished"] else "unfinished",
+                          _when(e["last_used"]))
+        console.print(table)
+    for other in data["other"]:
+        console.print(escape(f"{other['what']}: {other['folder']} ({format_bytes(other['bytes'])})"), soft_wrap=True)
+    console.print(escape(f"total {format_bytes(data['total_bytes'])}"
+                         + ("; `hayai models cache --clear-openvino` removes the OpenVINO conversions"
+                            if openvino["conversions"] else "")), soft_wrap=True)
+
+
+def _when(stamp: str | None) -> str:
+    return stamp[:16].replace("T", " ") if stamp else ""
+
+
+def _cache_listing() -> dict:
+    """The cache as `models cache --json` prints it: the OpenVINO conversions, with the model's name where a run
+    in the history used that hash, and the other folders hayai made there."""
+    from hayai import paths
+    from hayai.models.catalog import PLACEHOLDER_NAME
+    from hayai.speed import openvino_cache
+
+    found = openvino_cache.entries()
+    names = {}
+    if found:
+        from hayai.store import Store
+
+        with Store() as store:
+            names = store.model_names(sorted({e.model_hash for e in found}))
+    cap, problem = openvino_cache.cap_or_problem()
+    conversions = [{**e.to_dict(), "name": names.get(e.model_hash)} for e in found]
+    openvino = {"folder": str(openvino_cache.root()), "cap_bytes": cap, "cap_problem": problem,
+                "conversions": conversions, "bytes": sum(e.bytes for e in found)}
+    placeholder = paths.cache_dir() / PLACEHOLDER_NAME
+    other = ([{"what": "the placeholder model (random weights, made when no model is installed)",
+               "folder": str(placeholder), "bytes": sum(f.stat().st_size for f in placeholder.rglob("*") if f.is_file())}]
+             if placeholder.is_dir() else [])
+    return {"folder": str(paths.cache_dir()), "openvino": openvino, "other": other,
+            "total_bytes": openvino["bytes"] + sum(o["bytes"] for o in other)}

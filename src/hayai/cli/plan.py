@@ -17,9 +17,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as JSON.
     """Check this machine for the usual causes of slow or failing generation."""
     from hayai.doctor import diagnose
     from hayai.hardware import probe
+    from hayai.speed import openvino_cache
 
     machine = probe()
-    findings = diagnose(machine)
+    findings = diagnose(machine, openvino_cache=openvino_cache.usage())
     if as_json:
         sys.stdout.write(json.dumps({"machine": machine.to_dict(), "findings": [f.to_dict() for f in findings]},
                                     indent=2) + "\n")

@@ -45,7 +45,7 @@ from hayai.models.families import FAMILY_INFO, Family
 from hayai.models.loading import ModelSource, load_pipeline, native_size
 from hayai.prompts.parser import parse_prompt
 from hayai.speed import execution as execution_levers
-from hayai.speed import openvino, regional_compile
+from hayai.speed import openvino, openvino_cache, regional_compile
 from hayai.speed.levers import active_levers
 from hayai.speed.few_step import for_model as few_step_for_model
 from hayai.speed.few_step import for_request as few_step_for
@@ -415,6 +415,7 @@ class Engine:
                 record.timings, record.peak_memory_bytes = timer.as_dict(), reading.peak_bytes
         warnings = list(the_plan.warnings) + [w for applied in loaded.applied_loras for w in applied.warnings]
         warnings += few_step.warnings(resolved) if few_step else []
+        warnings += [openvino_cache.eviction_warning(e) for e in events if e.get("evicted")]
         if loaded.random_architecture:
             warnings.append(f"{loaded.source.name} has random weights: its images are noise, but its time and memory "
                             "are those of the real model")

@@ -20,9 +20,14 @@ on or off, batch size) and the token count (prompts past 75 tokens) stay dynamic
 float32 (`save_model` would halve them to fp16 by default) and compiled with the f32 precision hint (the CPU
 plugin would pick bf16 on AVX-512-bf16/AMX CPUs), so pixels stay within float rounding of PyTorch's (the
 tiny SD1 model: 129 dB PSNR between the float images of a 4-step DPM++ 2M Karras run). `conversion.json` beside the model records how long
-conversion took. Each load then compiles the saved model (about 3 s for SD1.5's UNet on our CPU);
-OpenVINO's compiled-blob cache (`CACHE_DIR`) is not used: it saved 0.3 s of that and took another 3.3 GB
-of disk per size.
+conversion took and when the conversion was last loaded for a run. Each load then compiles the saved model
+(about 3 s for SD1.5's UNet on our CPU); OpenVINO's compiled-blob cache (`CACHE_DIR`) is not used: it saved
+0.3 s of that and took another 3.3 GB of disk per size.
+
+The cache is bounded (`hayai.speed.openvino_cache`): after a new conversion is saved, the least recently used
+others are removed until the conversions total at most `$HAYAI_OPENVINO_CACHE_GB` GiB (16 by default), never
+the new one or one a UNet in this process runs on; the run's warnings name what went. `hayai models cache`
+lists the cache and `--clear-openvino` empties it.
 
 When it is on (`decide`): never by default. Only with the extra installed, on the CPU (float32, the whole
 batch at once), for SD1/SD2/SDXL without LoRAs (they are patched into the torch weights, not the converted
@@ -44,22 +49,24 @@ import os
 import shutil
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hayai import paths
 from hayai.errors import RequestError
 from hayai.models.families import Family
+from hayai.speed import openvino_cache
 from hayai.speed.execution import pays_back, step_seconds
 
 __all__ = ["FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "check_family", "conversion_seconds", "convert",
-           "decide", "detach", "is_converted", "left_out", "ready", "INSTALL"]
+           "decide", "detach", "in_use", "is_converted", "left_out", "ready", "INSTALL"]
 
 FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)  # UNet2DConditionModel denoisers
 INSTALL = "pip install 'hayai[openvino]'"
 _XML = "unet.xml"
-_RECORD = "conversion.json"
+_RECORD = openvino_cache.RECORD
 _ATTR = "_hayai_openvino"
+_ATTACHED = weakref.WeakSet()  # every live OpenVinoUNet in this process: their folders are in use
 
 
 def available() -> bool:
@@ -68,7 +75,7 @@ def available() -> bool:
 
 
 def cache_folder(model_hash: str, width: int, height: int) -> Path:
-    return paths.cache_dir() / "openvino" / f"{model_hash}-{width}x{height}"
+    return openvino_cache.root() / f"{model_hash}-{width}x{height}"
 
 
 def is_converted(model_hash: str, width: int, height: int) -> bool:
@@ -80,7 +87,7 @@ def conversion_seconds(model_hash: str) -> float | None:
     """The latest conversion time recorded for this model at any size (conversion is a trace and a save,
     nearly the same at every size), or None when it was never converted here."""
     records = []
-    for path in (paths.cache_dir() / "openvino").glob(f"{model_hash}-*/{_RECORD}"):
+    for path in openvino_cache.root().glob(f"{model_hash}-*/{_RECORD}"):
         record = json.loads(path.read_text())
         records.append((record["converted_at"], record["seconds"]))
     return max(records)[1] if records else None
@@ -165,7 +172,8 @@ def convert(unet, family: Family, model_hash: str, width: int, height: int, *, v
     seconds = time.perf_counter() - start
     record = {"model_hash": model_hash, "family": family.value, "width": width, "height": height,
               "seconds": round(seconds, 3), "openvino_version": ov.get_version(), "torch_version": torch.__version__,
-              "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "converted_at": openvino_cache.now()}
+    record["last_used"] = record["converted_at"]
     (partial / _RECORD).write_text(json.dumps(record, indent=2) + "\n")
     try:
         partial.rename(folder)
@@ -174,13 +182,14 @@ def convert(unet, family: Family, model_hash: str, width: int, height: int, *, v
     return record
 
 
-@dataclass
+@dataclass(eq=False)  # (compared and hashed by identity: `_ATTACHED` holds them)
 class OpenVinoUNet:
     """What `attach` keeps on a UNet: its own forward, the compiled models by latent size, and call counts."""
 
     original: object  # the UNet's bound forward
     family: Family
     compiled: dict = field(default_factory=dict)  # (latent height, latent width) -> an infer request
+    folders: set = field(default_factory=set)  # the cache folders compiled from (kept by `evict`)
     calls: dict = field(default_factory=lambda: {"openvino": 0, "torch": 0})
 
     def forward(self, sample, timestep, encoder_hidden_states, class_labels=None, timestep_cond=None,
@@ -217,6 +226,11 @@ class OpenVinoUNet:
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
 
+def in_use() -> set[Path]:
+    """The cache folders UNets in this process run on (an eviction keeps them)."""
+    return {folder for state in list(_ATTACHED) for folder in state.folders}
+
+
 def ready(unet, width: int, height: int, *, vae_scale: int = 8) -> bool:
     """Whether `unet` runs on OpenVINO at `width` x `height` already."""
     state = getattr(unet, _ATTR, None)
@@ -226,15 +240,19 @@ def ready(unet, width: int, height: int, *, vae_scale: int = 8) -> bool:
 def attach(unet, family: Family, model_hash: str, width: int, height: int, *, threads: int,
            vae_scale: int = 8) -> dict | None:
     """Run `unet` on OpenVINO at `width` x `height` from now on: converted into the cache unless it is there,
-    then compiled (seconds, at every load). Returns what it did
-    (an engine event), or None when it was attached at that size already."""
+    then compiled (seconds, at every load); after a conversion, the least recently used others are evicted
+    to keep the cache under its cap. Returns what it did (an engine event: `evicted` names the folders
+    removed), or None when it was attached at that size already."""
     if ready(unet, width, height, vae_scale=vae_scale):
         return None
     ov = _import()
     folder = cache_folder(model_hash, width, height)
     converted = None
     if not is_converted(model_hash, width, height):
+        cap = openvino_cache.cap_bytes()  # (a bad $HAYAI_OPENVINO_CACHE_GB fails now, not after the conversion)
         converted = convert(unet, family, model_hash, width, height, vae_scale=vae_scale)
+    else:
+        openvino_cache.touch(folder)
     start = time.perf_counter()
     compiled = ov.Core().compile_model(folder / _XML, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                                "INFERENCE_NUM_THREADS": threads})
@@ -244,14 +262,23 @@ def attach(unet, family: Family, model_hash: str, width: int, height: int, *, th
         state = OpenVinoUNet(original=unet.forward, family=family)
         setattr(unet, _ATTR, state)
         unet.forward = state.forward
+        _ATTACHED.add(state)
     state.compiled[(height // vae_scale, width // vae_scale)] = compiled.create_infer_request()
-    return {"event": "openvino", "size": f"{width}x{height}", "cache": str(folder),
-            "converted_seconds": converted["seconds"] if converted else None, "compile_seconds": round(compile_seconds, 3)}
+    state.folders.add(folder)
+    event = {"event": "openvino", "size": f"{width}x{height}", "cache": str(folder),
+             "converted_seconds": converted["seconds"] if converted else None, "compile_seconds": round(compile_seconds, 3)}
+    evicted = openvino_cache.evict(cap, keep={folder} | in_use()) if converted else []
+    if evicted:
+        event.update(evicted=[{"folder": str(e.folder), "bytes": e.bytes} for e in evicted],
+                     cache_cap_gb=cap / openvino_cache.GIB)
+    return event
 
 
 def detach(unet) -> None:
     """Back to PyTorch: the UNet's own forward, the compiled models released."""
-    if getattr(unet, _ATTR, None) is not None:
+    state = getattr(unet, _ATTR, None)
+    if state is not None:
+        _ATTACHED.discard(state)
         unet.__dict__.pop("forward", None)
         delattr(unet, _ATTR)
 

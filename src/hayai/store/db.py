@@ -121,6 +121,11 @@ class Store:
                 since=since, kind=kind,
             )
 
+    def model_names(self, model_hashes: list[str]) -> dict[str, str]:
+        """Model hash -> the name its newest run used, for those of `model_hashes` some run used."""
+        with self._lock:
+            return history.model_names(self._conn, model_hashes)
+
     def set_outputs(self, run_id: int, outputs: list[str], event: dict[str, Any]) -> None:
         """A run's files moved (to the trash): its new paths, and an event saying so."""
         with self._lock:

@@ -27,6 +27,7 @@ __all__ = [
     "end_dead_runs",
     "get_run",
     "query_runs",
+    "model_names",
     "fold",
     "history_tsv",
 ]
@@ -199,6 +200,14 @@ def query_runs(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
     return [_run_from_row(row) for row in conn.execute(sql, (*args, limit))]
+
+
+def model_names(conn: sqlite3.Connection, model_hashes: list[str]) -> dict[str, str]:
+    """The name the newest run of each of `model_hashes` knew its model by (hashes no run used are left out)."""
+    marks = ", ".join("?" * len(model_hashes))
+    rows = conn.execute(f"SELECT model_hash, model FROM runs WHERE model_hash IN ({marks}) ORDER BY created_at, id",
+                        model_hashes)
+    return dict(rows.fetchall())  # (the newest run's row comes last, and wins)
 
 
 def fold(text: Any) -> str:
