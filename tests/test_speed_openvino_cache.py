@@ -244,3 +244,14 @@ def test_clear_openvino_removes_every_conversion_and_says_what_it_freed():
     size = openvino_cache.entries()[0].bytes
     assert hayai("models", "cache", "--clear-openvino").stdout.strip() == (
         f"removed 1 OpenVINO conversion(s) from {openvino_cache.root()}: {size / 1024:.1f} KiB freed")
+
+
+def test_a_models_conversion_time_outlives_its_folders():
+    """The pay-back rule needs what converting again would cost after an eviction or a clear removed every size."""
+    assert openvino.conversion_seconds("m") is None
+    _entry("m")  # its record says 30 s
+    assert openvino.conversion_seconds("m") == 30.0
+    openvino_cache.remember_conversion("m", 30.0)  # what `convert` does beside writing the record
+    openvino_cache.clear()
+    assert openvino_cache.entries() == [] and openvino.conversion_seconds("m") == 30.0
+    assert openvino.conversion_seconds("other") is None

@@ -85,12 +85,12 @@ def is_converted(model_hash: str, width: int, height: int) -> bool:
 
 def conversion_seconds(model_hash: str) -> float | None:
     """The latest conversion time recorded for this model at any size (conversion is a trace and a save,
-    nearly the same at every size), or None when it was never converted here."""
+    nearly the same at every size; kept past the eviction of its folders), or None when it was never converted here."""
     records = []
     for path in openvino_cache.root().glob(f"{model_hash}-*/{_RECORD}"):
         record = json.loads(path.read_text())
         records.append((record["converted_at"], record["seconds"]))
-    return max(records)[1] if records else None
+    return max(records)[1] if records else openvino_cache.remembered_conversion(model_hash)
 
 
 def check_family(family: Family) -> None:
@@ -175,6 +175,7 @@ def convert(unet, family: Family, model_hash: str, width: int, height: int, *, v
               "converted_at": openvino_cache.now()}
     record["last_used"] = record["converted_at"]
     (partial / _RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    openvino_cache.remember_conversion(model_hash, record["seconds"])
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same conversion first: keep its folder

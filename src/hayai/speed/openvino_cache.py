@@ -5,6 +5,8 @@ one size, and `conversion.json`, its record. After a new conversion is saved, `e
 used others until the conversions total at most `$HAYAI_OPENVINO_CACHE_GB` GiB, never the new one or one a UNet in
 this process runs on. A folder still being written (`<name>.partial-<pid>`, or one a crash left) is listed and
 cleared, but neither counted against the cap nor evicted: it may be another process's conversion under way.
+How long each model took to convert is also kept in `timings.json` beside the folders, which neither eviction
+nor clearing removes: the pay-back rule still knows what converting a model again would cost.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hayai import paths
 from hayai.errors import RequestError
 
 __all__ = ["CAP_VARIABLE", "DEFAULT_CAP_GB", "Entry", "Usage", "cap_bytes", "cap_or_problem", "clear", "entries", "evict",
-           "eviction_warning", "now", "root", "touch", "usage"]
+           "eviction_warning", "now", "remember_conversion", "remembered_conversion", "root", "touch", "usage"]
 
 CAP_VARIABLE = "HAYAI_OPENVINO_CACHE_GB"
 # A conversion is the UNet's weights in float32. SD1.5's took 3.4 GB per size, measured on this project's CPU
@@ -107,6 +109,27 @@ def entries() -> list[Entry]:
         found.append(Entry(folder, match["hash"], int(match["width"]), int(match["height"]), _size(folder),
                            converted, record.get("last_used", converted)))
     return sorted(found, key=lambda e: (e.unfinished, e.last_used or ""))
+
+
+def _timings() -> Path:
+    return root() / "timings.json"
+
+
+def remember_conversion(model_hash: str, seconds: float) -> None:
+    """Keep how long converting this model took, past the eviction of its folders (replaced whole, atomically)."""
+    path = _timings()
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[model_hash] = {"seconds": seconds, "converted_at": now()}
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(timings, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def remembered_conversion(model_hash: str) -> float | None:
+    """The conversion time `remember_conversion` kept for this model, or None."""
+    path = _timings()
+    entry = json.loads(path.read_text()).get(model_hash) if path.is_file() else None
+    return entry["seconds"] if entry else None
 
 
 def touch(folder: Path) -> None:
