@@ -77,6 +77,9 @@ def test_the_decision_needs_the_extra_the_cpu_a_measurement_and_a_pay_back():
     # the per-step time scales with the pixels from the measured size: at 128 px a step is 4x longer
     assert _decide([exact, faster], width=128, height=128, images=1) == (
         True, "0.50x per step saves 4.0 s on 20 steps x 1 image(s), already converted")
+    # and with the thread count, from the one it was measured on (1): on 2 threads a step takes half as long
+    assert _decide([exact, faster], width=128, height=128, images=1, threads=2)[1] == (
+        "0.50x per step saves 2.0 s on 20 steps x 1 image(s), already converted")
 
 
 def test_the_lever_without_the_extra_names_the_install_command(monkeypatch):
@@ -126,7 +129,8 @@ def test_an_openvino_run_converts_once_and_draws_what_pytorch_draws(tiny_folders
     other = Engine(device="cpu")  # a fresh engine (a new process): the cache is read, not converted again
     reused = [e for e in _run(other, request, frozenset({"openvino"})).events if e.get("event") == "openvino"]
     assert reused[0]["converted_seconds"] is None and reused[0]["cache"] == str(folder)
-    assert json.loads((folder / "conversion.json").read_text()) == record
+    reread = json.loads((folder / "conversion.json").read_text())
+    assert reread.pop("last_used") >= record.pop("last_used") and reread == record  # only its use is recorded
 
     back = _run(engine, request, frozenset())  # off again: the UNet's own forward
     assert not hasattr(engine.load(model).pipe.unet, "_hayai_openvino")

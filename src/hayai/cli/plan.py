@@ -125,7 +125,7 @@ def _openvino(measured, model_hash, family, shape, batch_count, strategy, here) 
         return None
     return openvino.decide(measured, model_hash=model_hash, family=family, width=shape.width, height=shape.height,
                            steps=shape.steps, images=shape.batch_size * batch_count, on_cpu=not here.accelerator,
-                           strategy=strategy, min_psnr_db=MIN_PSNR_DB)
+                           strategy=strategy, min_psnr_db=MIN_PSNR_DB, threads=here.threads)
 
 
 def _compile(measured, denoiser_class, shape, batch_count, strategy, here) -> tuple[bool, str] | None:
@@ -137,7 +137,7 @@ def _compile(measured, denoiser_class, shape, batch_count, strategy, here) -> tu
         return None
     return regional_compile.decide(measured, denoiser_class=denoiser_class, width=shape.width, height=shape.height,
                                    steps=shape.steps, images=shape.batch_size * batch_count, compiled=False,
-                                   strategy=strategy)
+                                   strategy=strategy, threads=here.threads)
 
 
 def _print_measured(measured, model: str | None, execution, why: list[str]) -> None:

@@ -247,13 +247,16 @@ class Engine:
         measured = nearest(self.store.speed_measurements(loaded.sha256, self.device_spec.key),
                            request.width, request.height, request.steps)
         images = request.batch_size * request.batch_count
+        import torch
+
+        threads = 0 if self.device_spec.accelerator else torch.get_num_threads()  # a CPU step's speed scales with them
         verdict = openvino.decide(measured, model_hash=loaded.sha256, family=loaded.family, width=request.width,
                                   height=request.height, steps=request.steps, images=images,
                                   on_cpu=not self.device_spec.accelerator, blockers=blockers,
-                                  min_psnr_db=execution_levers.MIN_PSNR_DB)
+                                  min_psnr_db=execution_levers.MIN_PSNR_DB, threads=threads)
         compiling = regional_compile.decide(measured, denoiser_class=loaded.facts.denoiser_class, width=request.width,
                                             height=request.height, steps=request.steps, images=images,
-                                            compiled=loaded.compiled)
+                                            compiled=loaded.compiled, threads=threads)
         return execution_levers.choose(measured, compile=compiling, openvino=verdict)
 
     def recommended_for(self, request: GenerationRequest, source: ModelSource):

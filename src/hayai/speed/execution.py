@@ -71,10 +71,12 @@ def falls_short(m) -> str | None:
     return None
 
 
-def step_seconds(exact, width: int, height: int) -> float:
-    """Seconds per denoising step of the plain run at `width` x `height`: the exact run's measurement scaled
-    by pixel count from the size it was measured at."""
-    return exact.denoise_seconds / exact.steps * (width * height) / (exact.width * exact.height)
+def step_seconds(exact, width: int, height: int, threads: int = 0) -> float:
+    """Seconds per denoising step of the plain run at `width` x `height` on `threads` CPU threads (0: not a
+    CPU run): the exact run's measurement scaled by pixel count, and by thread count, from how it was measured
+    (the planner's CPU model: a thread's speed is a core's)."""
+    seconds = exact.denoise_seconds / exact.steps * (width * height) / (exact.width * exact.height)
+    return seconds * exact.threads / threads if threads and exact.threads else seconds
 
 
 def pays_back(*, steps: int, images: int, step_seconds: float, ratio: float, owed_seconds: float,

@@ -291,7 +291,7 @@ def left_out(blockers: tuple[str, ...]) -> str:
 
 def decide(measured, *, model_hash: str | None, family: Family, width: int, height: int, steps: int, images: int,
            on_cpu: bool, strategy=None, blockers: tuple[str, ...] = (), installed: bool | None = None,
-           min_psnr_db: float) -> tuple[bool, str]:
+           min_psnr_db: float, threads: int = 0) -> tuple[bool, str]:
     """Whether OpenVINO runs this request, and why: `measured` is `store.speed_measurements.nearest` for
     the model on this device; `blockers` what in the request keeps the torch UNet (LoRAs, UNet levers)."""
     installed = available() if installed is None else installed
@@ -317,5 +317,5 @@ def decide(measured, *, model_hash: str | None, family: Family, width: int, heig
         to_pay = conversion_seconds(model_hash)
         if to_pay is None:
             return False, "its conversion was never timed here (`hayai bench speed --levers openvino` times it)"
-    return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height),
+    return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height, threads),
                      ratio=lever.denoise_ratio, owed_seconds=to_pay, cost="conversion", paid="already converted")

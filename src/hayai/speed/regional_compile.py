@@ -75,9 +75,10 @@ def compile_blocks(denoiser) -> dict | None:
 
 
 def decide(measured, *, denoiser_class: str, width: int, height: int, steps: int, images: int, compiled: bool,
-           strategy=None) -> tuple[bool, str]:
+           strategy=None, threads: int = 0) -> tuple[bool, str]:
     """Whether `compile` runs this request, and why: `measured` is `store.speed_measurements.nearest` for the
-    model on this device; `compiled` whether the loaded pipeline is compiled already (nothing owed)."""
+    model on this device; `compiled` whether the loaded pipeline is compiled already (nothing owed); `threads`
+    the run's CPU threads (0: it runs on an accelerator)."""
     if not repeated_blocks(denoiser_class):
         return False, f"{denoiser_class} names no repeated blocks to compile"
     if strategy is not None and not usable(frozenset({"compile"}), strategy):
@@ -92,5 +93,5 @@ def decide(measured, *, denoiser_class: str, width: int, height: int, steps: int
     owed = 0.0 if compiled else lever.one_off_seconds
     if owed is None:
         return False, f"its compilation was never timed here ({_MEASURE} times it)"
-    return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height),
+    return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height, threads),
                      ratio=lever.denoise_ratio, owed_seconds=owed, cost="compilation", paid="already compiled")
