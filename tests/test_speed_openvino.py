@@ -80,6 +80,16 @@ def test_the_decision_needs_the_extra_the_cpu_a_measurement_and_a_pay_back():
     # and with the thread count, from the one it was measured on (1): on 2 threads a step takes half as long
     assert _decide([exact, faster], width=128, height=128, images=1, threads=2)[1] == (
         "0.50x per step saves 2.0 s on 20 steps x 1 image(s), already converted")
+    # the host memory the plain run leaves must hold what OpenVINO adds (2.1x the converted UNet's float32 bytes)
+    from types import SimpleNamespace
+
+    gib, sd15_unet = 2**30, 860_000_000
+    tight = SimpleNamespace(candidates=(), chosen=SimpleNamespace(peak_bytes=5 * gib), budget_bytes=8 * gib)
+    assert _decide([exact, faster], width=128, height=128, plan=tight, unet_params=sd15_unet) == (
+        False, "it would hold about 6.7 GiB of host memory beyond the plain run's (2.1x the UNet's float32 weights), "
+               "and 3.0 GiB is left beside it")
+    roomy = SimpleNamespace(candidates=(), chosen=SimpleNamespace(peak_bytes=5 * gib), budget_bytes=12 * gib)
+    assert _decide([exact, faster], width=128, height=128, plan=roomy, unet_params=sd15_unet)[0]
 
 
 def test_the_lever_without_the_extra_names_the_install_command(monkeypatch):

@@ -63,7 +63,7 @@ def plan(
     with Store() as store:
         result = plan_keeping_counts(store, facts, shape, spec)
         measured, model_hash = _measured_levers(store, source, here, shape)
-    verdict = _openvino(measured, model_hash, facts.family, shape, batch_count, result.chosen.strategy, here)
+    verdict = _openvino(measured, model_hash, facts, shape, batch_count, result, here)
     compiling = _compile(measured, facts.denoiser_class, shape, batch_count, result.chosen.strategy, here)
     execution, why = (choose(measured, result.chosen.strategy, compile=compiling, openvino=verdict)
                       if measured or verdict else (frozenset(), []))
@@ -115,7 +115,7 @@ def _measured_levers(store, source, here, shape) -> tuple[list, str | None]:
     return nearest(store.speed_measurements(model_hash, here.key), shape.width, shape.height, shape.steps), model_hash
 
 
-def _openvino(measured, model_hash, family, shape, batch_count, strategy, here) -> tuple[bool, str] | None:
+def _openvino(measured, model_hash, facts, shape, batch_count, plan, here) -> tuple[bool, str] | None:
     """Whether a run of this shape would go through OpenVINO here, and why (None: not judged, because the
     plan is for another device or the [openvino] extra is not installed, where it is never a question)."""
     from hayai.speed import openvino
@@ -123,9 +123,10 @@ def _openvino(measured, model_hash, family, shape, batch_count, strategy, here) 
 
     if here is None or not openvino.available():
         return None
-    return openvino.decide(measured, model_hash=model_hash, family=family, width=shape.width, height=shape.height,
-                           steps=shape.steps, images=shape.batch_size * batch_count, on_cpu=not here.accelerator,
-                           strategy=strategy, min_psnr_db=MIN_PSNR_DB, threads=here.threads)
+    return openvino.decide(measured, model_hash=model_hash, family=facts.family, width=shape.width,
+                           height=shape.height, steps=shape.steps, images=shape.batch_size * batch_count,
+                           on_cpu=not here.accelerator, strategy=plan.chosen.strategy, min_psnr_db=MIN_PSNR_DB,
+                           threads=here.threads, plan=plan, unet_params=facts.by_role("denoiser")[0].params)
 
 
 def _compile(measured, denoiser_class, shape, batch_count, strategy, here) -> tuple[bool, str] | None:

@@ -226,10 +226,10 @@ class Engine:
                 "Hyper-SD or Lightning LoRA for this family in the LoRA folder")
         return dataclasses.replace(request, loras=(*request.loras, f"{found[0].name}:1"))
 
-    def execution_for(self, loaded: LoadedModel, request: GenerationRequest,
-                      options: RunOptions | None = None) -> tuple[frozenset[str], list[str]]:
+    def execution_for(self, loaded: LoadedModel, request: GenerationRequest, options: RunOptions | None = None,
+                      plan=None) -> tuple[frozenset[str], list[str]]:
         """The execution levers for a resolved request (the options', else those that measurements made here
-        for this model at the nearest size show pay), and why."""
+        for this model at the nearest size show pay, and, with its `plan`, that memory holds), and why."""
         options = options or self.run_options()
         blockers = _openvino_blockers(request)
         if options.execution is not None:
@@ -253,7 +253,8 @@ class Engine:
         verdict = openvino.decide(measured, model_hash=loaded.sha256, family=loaded.family, width=request.width,
                                   height=request.height, steps=request.steps, images=images,
                                   on_cpu=not self.device_spec.accelerator, blockers=blockers,
-                                  min_psnr_db=execution_levers.MIN_PSNR_DB, threads=threads)
+                                  min_psnr_db=execution_levers.MIN_PSNR_DB, threads=threads, plan=plan,
+                                  unet_params=loaded.facts.by_role("denoiser")[0].params)
         compiling = regional_compile.decide(measured, denoiser_class=loaded.facts.denoiser_class, width=request.width,
                                             height=request.height, steps=request.steps, images=images,
                                             compiled=loaded.compiled, threads=threads)
@@ -368,7 +369,7 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
-        execution, _ = self.execution_for(loaded, resolved, options)
+        execution, _ = self.execution_for(loaded, resolved, options, the_plan)
         predicted = next((e.seconds for e in the_plan.candidates if e.strategy == strategy), the_plan.chosen.seconds)
         emit(ProgressEvent("plan", 0, 1, strategy.name, seconds=predicted * resolved.batch_count))
         seeds = resolved.seeds()

@@ -58,8 +58,9 @@ from hayai.models.families import Family
 from hayai.speed import openvino_cache
 from hayai.speed.execution import pays_back, step_seconds
 
-__all__ = ["FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "check_family", "conversion_seconds", "convert",
-           "decide", "detach", "in_use", "is_converted", "left_out", "ready", "INSTALL"]
+__all__ = ["EXTRA_MEMORY", "FAMILIES", "OpenVinoUNet", "attach", "available", "cache_folder", "check_family",
+           "conversion_seconds", "convert", "decide", "detach", "extra_bytes", "in_use", "is_converted", "left_out",
+           "ready", "INSTALL"]
 
 FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)  # UNet2DConditionModel denoisers
 INSTALL = "pip install 'hayai[openvino]'"
@@ -284,6 +285,19 @@ def detach(unet) -> None:
         delattr(unet, _ATTR)
 
 
+# Host memory an OpenVINO run holds beyond the plain run's, in bytes of the converted (float32) UNet: the
+# compiled model and the CPU plugin's own copy of its weights, beside the torch UNet, which stays loaded for the
+# calls it falls back on. Measured by benchmarks/openvino_memory.py (arch:sd15 at 256 px, 1 thread, our 2-core
+# CPU; results/openvino_memory_cpu-2core-amd-epyc.json): peak 4.96 GiB plain, 11.50 GiB with the conversion
+# cached (2.04x its 3.2 GiB), 12.14 GiB in the run that converts (2.24x); rounded up.
+EXTRA_MEMORY = {"cached": 2.1, "converting": 2.3}
+
+
+def extra_bytes(unet_params: int, *, converting: bool) -> int:
+    """Host bytes an OpenVINO run needs beyond the plain run's, for a UNet of `unet_params` parameters."""
+    return int(unet_params * 4 * EXTRA_MEMORY["converting" if converting else "cached"])
+
+
 def left_out(blockers: tuple[str, ...]) -> str:
     """Why a request keeps the torch UNet: what it asks for acts inside it (LoRAs, UNet speed levers)."""
     return f"the converted UNet would leave out this request's {' and '.join(blockers)}"
@@ -291,9 +305,11 @@ def left_out(blockers: tuple[str, ...]) -> str:
 
 def decide(measured, *, model_hash: str | None, family: Family, width: int, height: int, steps: int, images: int,
            on_cpu: bool, strategy=None, blockers: tuple[str, ...] = (), installed: bool | None = None,
-           min_psnr_db: float, threads: int = 0) -> tuple[bool, str]:
+           min_psnr_db: float, threads: int = 0, plan=None, unet_params: int | None = None) -> tuple[bool, str]:
     """Whether OpenVINO runs this request, and why: `measured` is `store.speed_measurements.nearest` for
-    the model on this device; `blockers` what in the request keeps the torch UNet (LoRAs, UNet levers)."""
+    the model on this device; `blockers` what in the request keeps the torch UNet (LoRAs, UNet levers);
+    `plan` (`memory.planner.Plan` on this CPU) and `unet_params`, when given, whether the host memory the
+    plain run leaves holds what OpenVINO adds (`extra_bytes`)."""
     installed = available() if installed is None else installed
     if not installed:
         return False, f"the [openvino] extra is not installed ({INSTALL})"
@@ -317,5 +333,13 @@ def decide(measured, *, model_hash: str | None, family: Family, width: int, heig
         to_pay = conversion_seconds(model_hash)
         if to_pay is None:
             return False, "its conversion was never timed here (`hayai bench speed --levers openvino` times it)"
+    if plan is not None and unet_params:
+        estimate = next((e for e in plan.candidates if e.strategy == strategy), plan.chosen)
+        room, need = plan.budget_bytes - estimate.peak_bytes, extra_bytes(unet_params, converting=to_pay > 0)
+        if need > room:
+            gib = 2**30
+            return False, (f"it would hold about {need / gib:.1f} GiB of host memory beyond the plain run's "
+                           f"({EXTRA_MEMORY['converting' if to_pay else 'cached']:g}x the UNet's float32 weights), "
+                           f"and {max(0, room) / gib:.1f} GiB is left beside it")
     return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height, threads),
                      ratio=lever.denoise_ratio, owed_seconds=to_pay, cost="conversion", paid="already converted")
