@@ -103,3 +103,15 @@ def test_prompt_without_editing_has_one_entry_and_its_fragments():
     assert not parsed.has_editing
     assert [(e.end_at_step, e.text) for e in parsed.schedule(30)] == [(30, "(masterpiece:1.2), a cat ")]
     assert parsed.fragments() == [Fragment("masterpiece", 1.2), Fragment(", a cat ", 1.0)]
+
+
+@pytest.mark.parametrize("prompt, steps, plain", [
+    ("(masterpiece:1.2), a (red:1.3) circle [blurry] <lora:style:0.8>", 20, "masterpiece, a red circle blurry"),
+    ("a cat, <lora:x:1>, sitting", 20, "a cat, sitting"),  # the tag's comma is not doubled
+    ("a ((big)) dog BREAK on grass", 20, "a big dog on grass"),
+    ("a \\(literal\\) [dog:cat:0.5]", 20, "a (literal) cat"),  # escapes are text; editing: the last step's text
+    ("a [dog:cat:30]", 20, "a dog"),  # the switch comes after the last step
+    ("[a|b] x", 3, "a x"),  # alternation: the option of the last step
+])
+def test_plain_text_is_what_a_caption_says(prompt, steps, plain):
+    assert parse_prompt(prompt).plain_text(steps) == plain

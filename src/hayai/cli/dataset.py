@@ -1,4 +1,5 @@
-"""`hayai dataset check|prepare`: the dataset doctor and dataset preparation (the source folder is only read)."""
+"""`hayai dataset check|prepare|render`: the dataset doctor, dataset preparation (the source folder is only read),
+and a dataset rendered by a model from a list of prompts."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import typer
 
 from hayai.cli.app import App
 
-from hayai.cli.output import console
+from hayai.cli.output import console, err_console, progress_printer
+from hayai.cli.request_options import COMMON, HIRES, RunFlags, request_options, run_flags
 
-app = App(help="Training datasets: check a folder of images and captions, prepare it for training.",
+app = App(help="Training datasets: check a folder of images and captions, prepare it for training, render one with a model.",
                   no_args_is_help=True)
 
 _STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -98,3 +100,61 @@ def prepare(
     for item in manifest.items:
         if item.note:
             console.print(f"{item.source}: {item.note}", style="yellow", markup=False)
+
+
+# request fields the render sets for every image (hayai.dataset.render.RENDER_SETS but the prompt and the seed,
+# which are the file's lines and --seed here): no options of their own
+_SET_BY_RENDER = ("output_dir", "filename_pattern", "image_format", "batch_size", "batch_count")
+
+
+@app.command("render")
+@run_flags()
+@request_options(*(name for name in COMMON if name not in _SET_BY_RENDER), "denoising_strength", *HIRES,
+                 flags={"denoising_strength": ("--hires-denoise", "--denoise")},
+                 helps={"denoising_strength": "Hires passes: 0 keeps the first pass, 1 replaces it \\[0.75].",
+                        "seed": "Image N (N = prompt x per-prompt + k) gets seed SEED + N \\[random; OUT rendered "
+                                "before: its seed].",
+                        "model": "Model name, path or hub id (local cache only) \\[OUT rendered before: its model; "
+                                 "else the default model]."})
+def render(
+    prompts: Path = typer.Argument(..., help="A UTF-8 text file of prompts, one a line (blank lines and # lines skipped)."),
+    out: Path = typer.Argument(..., help="The dataset folder: new, empty, or rendered before (then only what is missing is rendered)."),
+    per_prompt: Optional[int] = typer.Option(None, "--per-prompt", help="Images of each prompt \\[1; OUT rendered before: its number]."),
+    given: dict = None,
+    flags: RunFlags = None,
+) -> None:
+    """Render a captioned training dataset with a model: OUT/NNNNN.png, its prompt as plain text in NNNNN.txt.
+
+    For `hayai train distill --model M --dataset OUT`, or as kohya-style regularization images.
+    Every image records how it was made. `render PROMPTS OUT` continues a render where it stopped,
+    with the settings OUT was rendered with; files it did not write are never replaced."""
+    import shlex
+
+    from rich.markup import escape
+
+    from hayai.dataset.render import read_prompts, render_dataset
+
+    lines = read_prompts(prompts)
+    seed = given.pop("seed", None)
+    engine = flags.engine()
+    try:
+        with progress_printer(enabled=flags.show_progress) as on_progress:
+            result = render_dataset(engine, lines, out, per_prompt=per_prompt, settings=given, seed=seed,
+                                    prompts_file=prompts, progress=on_progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the finished images and captions were kept; run the same command again to continue")
+        raise typer.Exit(130)
+    if flags.as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if flags.quiet:
+        return
+    captioned = f", {len(result.captioned)} captions written for images found without one" if result.captioned else ""
+    console.print(escape(f"{result.folder}: {result.total} images, {result.prompts} prompts x {result.per_prompt} "
+                         f"({len(result.rendered)} rendered now, {result.found} there already{captioned}); "
+                         f"model {result.model}, seed {result.seed}"), soft_wrap=True)
+    console.print("[dim]" + escape(f"train on it: hayai train distill --model {shlex.quote(result.model_ref)} "
+                                   f"--dataset {shlex.quote(str(result.folder))}")
+                  + "[/]", soft_wrap=True)

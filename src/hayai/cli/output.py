@@ -71,7 +71,7 @@ def announce_plan(event, console: Console = err_console) -> None:
 
 
 def _label(event) -> str:
-    return {"load": f"loading {escape(str(event.detail))}", "denoise": "denoising", "save": "saving"}.get(event.phase, event.phase)
+    return {"load": f"loading {escape(str(event.detail))}", "denoise": "denoising", "save": "saving", "render": "rendering"}.get(event.phase, event.phase)
 
 
 def _line_printer(clock=time.monotonic):

@@ -381,7 +381,10 @@ class Engine:
             record.seeds, record.events = seeds, events
             try:
                 out_dir = Path(resolved.output_dir).expanduser() if resolved.output_dir else paths.outputs_dir()
-                index = next_index(out_dir) if options.save else 0
+                if options.first_index is not None:
+                    index = options.first_index
+                else:
+                    index = next_index(out_dir) if options.save else 0
                 per_batch = kind.steps_run(resolved)
                 total_steps = per_batch * resolved.batch_count
                 for batch in range(resolved.batch_count):

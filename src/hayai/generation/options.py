@@ -1,8 +1,9 @@
 """How to run a request, per call: what a request says to make is in `GenerationRequest`; how is here.
 
 An `Engine` is shared (by a server's workers, a sweep, a Ray actor) and nothing a caller passes here
-changes it: the strategy, the lossy permission, whether to save, which images of the run to keep, a
-`CancelToken` the run checks at every denoising step, and the execution levers (channels-last, compile, OpenVINO).
+changes it: the strategy, the lossy permission, whether to save, which images of the run to keep and the
+number their file names start at, a `CancelToken` the run checks at every denoising step, and the execution
+levers (channels-last, compile, OpenVINO).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class RunOptions:
     allow_lossy: bool | None = None  # fp8 storage: True admits it on speed, False never, None only when nothing lossless is fast
     save: bool = True  # write the images (and their records) to the output folder
     keep: frozenset[int] | None = None  # positions of the run to keep (re-making one image of a batch); None: all
+    first_index: int | None = None  # {index} of the first saved image's file name; None: the folder's next (A1111's)
     cancel: CancelToken | None = None
     progress: ProgressCallback | None = None
     # execution levers (hayai.speed.execution): None = those measurements made here show pay for this model

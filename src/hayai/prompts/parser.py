@@ -44,6 +44,8 @@ _ATTENTION_TOKEN = re.compile(
     r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:"
 )
 _ROUND, _SQUARE = 1.1, 1 / 1.1
+_SPACE_BEFORE_COMMA = re.compile(r" ,")
+_REPEATED_COMMAS = re.compile(r",(?: ?,)+")
 MAX_NESTING = 100  # brackets inside brackets; real prompts use a handful, the parser recurses per level
 
 
@@ -351,6 +353,15 @@ class ParsedPrompt:
     def fragments(self, steps: int = 1, step: int = 0) -> list[Fragment]:
         """The weighted fragments in force at 0-based denoising `step` of `steps`."""
         return parse_attention(text_at_step(self.schedule(steps), step))
+
+    def plain_text(self, steps: int = 1) -> str:
+        """The words in force at the last of `steps` steps, without LoRA tags, emphasis brackets, weights or
+        BREAK: what the image shows, as a training caption says it ("(red:1.2) cat <lora:x:1>" -> "red cat").
+        Whitespace runs become one space and the commas a removed tag leaves doubled become one."""
+        fragments = parse_attention(self.schedule(steps)[-1].text)
+        text = "".join(" " if fragment.is_break else fragment.text for fragment in fragments)
+        text = _SPACE_BEFORE_COMMA.sub(",", " ".join(text.split()))
+        return _REPEATED_COMMAS.sub(",", text).strip(" ,")
 
 
 def text_at_step(schedule: list[ScheduledText], step: int) -> str:
