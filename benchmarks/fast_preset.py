@@ -6,7 +6,9 @@
     HAYAI_HOME=/tmp/hayai-bench-fast python benchmarks/speed_levers.py --part time --levers exact,speed=balanced,speed=fast
 
 distill:  `hayai train distill` (train_lora with method='lcm') on the built-in demo model, on `--images`
-          renders of its own shapes world (captions as its prompts are written), `--steps` steps of batch
+          pictures of its shapes world (captions as its prompts are written; `--data renders`: the demo
+          model's own images of those captions, made by `hayai dataset render`, for a model that comes
+          with no images), `--steps` steps of batch
           `--batch`: the LoRA lands in the benchmark home's LoRA catalog, where `speed=fast` finds it by the
           model's hash. Prints the run's seconds, training and validation losses.
 stand-in: for `--model` (default arch:sd15, random weights of the real architecture, which only time is
@@ -32,14 +34,23 @@ from harness import RESULTS, describe_machine
 DISTILL_NAME = "hayai-shapes-lcm-4step"
 
 
-def distill(*, images: int, steps: int, batch: int, rank: int, learning_rate: float, seed: int) -> dict:
+def distill(*, images: int, steps: int, batch: int, rank: int, learning_rate: float, seed: int, data_from: str) -> dict:
     from hayai.demo import BUILTIN_MODEL
     from hayai.demo.shapes import samples
     from hayai.paths import hayai_home
     from hayai.training import TrainConfig, train_lora
 
-    data = hayai_home() / "bench-data" / f"shapes-{seed}-{images}"
-    if not data.is_dir():
+    data = hayai_home() / "bench-data" / f"{data_from}-{seed}-{images}"
+    render_seconds = None
+    if data_from == "renders":  # the model's own images of the same captions: `hayai dataset render`
+        from hayai.dataset.render import render_dataset
+        from hayai.generation.engine import Engine
+
+        start = time.perf_counter()
+        render_dataset(Engine(device="cpu"), [caption for _, caption, _ in samples(seed, images)], data, per_prompt=1,
+                       settings={"model": str(BUILTIN_MODEL)}, seed=seed)
+        render_seconds = round(time.perf_counter() - start, 1)
+    elif not data.is_dir():
         data.mkdir(parents=True)
         for i, (_, caption, image) in enumerate(samples(seed, images)):
             image.save(data / f"{i:05d}.png")
@@ -53,6 +64,7 @@ def distill(*, images: int, steps: int, batch: int, rank: int, learning_rate: fl
     return {"lora": str(result.lora_path), "seconds": round(time.perf_counter() - start, 1), "timings": result.timings,
             "config": {k: result.config[k] for k in ("method", "distill_steps", "teacher_cfg", "steps", "batch_size", "rank",
                                                      "learning_rate", "target_modules", "resolution")},
+            "data": data_from, "render_seconds": render_seconds,
             "train_images": len(list(data.glob("*.png"))), "validation": result.validation,
             "loss_first_last": [result.losses[0], result.losses[-1]]}
 
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--home", type=Path, default=Path("/tmp/hayai-bench-fast"), help="the benchmark's HAYAI_HOME")
     parser.add_argument("--part", choices=("distill", "stand-in"), action="append")
     parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--data", choices=("shapes", "renders"), default="shapes",
+                        help="distill: the shapes world's own pictures, or the demo model's renders of their captions")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rank", type=int, default=16)
@@ -110,9 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
     stem, machine = describe_machine("cpu", args.threads)
     result: dict = {}
     if "distill" in parts:
-        result["distill:demo"] = {"machine": machine, **distill(images=args.images, steps=args.steps, batch=args.batch,
-                                                               rank=args.rank, learning_rate=args.learning_rate,
-                                                               seed=args.seed)}
+        key = "distill:demo" + (":renders" if args.data == "renders" else "")
+        result[key] = {"machine": machine, **distill(images=args.images, steps=args.steps, batch=args.batch,
+                                                     rank=args.rank, learning_rate=args.learning_rate, seed=args.seed,
+                                                     data_from=args.data)}
     if "stand-in" in parts:
         result[f"stand-in:{args.model}"] = stand_in(args.model, rank=args.rank, seed=args.seed)
     print(json.dumps(result, indent=2))
