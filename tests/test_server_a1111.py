@@ -117,14 +117,18 @@ def test_refusals_name_the_problem(server):
 
 
 def test_progress_moves_during_a_job_and_reads_exactly_idle_after(server):
+    """...with A1111's default live previews: every 10 steps, a PNG of the image in progress in current_image
+    (a pixel per latent), unless the client asks to skip it."""
     idle = server.get("/sdapi/v1/progress").json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["eta_relative"] == 0
     seen: list[dict] = []
+    skipped: list[dict] = []
     done = threading.Event()
 
     def poll():
         while not done.is_set():
             seen.append(server.get("/sdapi/v1/progress").json())
+            skipped.append(server.get("/sdapi/v1/progress", params={"skip_current_image": "true"}).json())
             time.sleep(0.02)
 
     poller = threading.Thread(target=poll)
@@ -141,8 +145,41 @@ def test_progress_moves_during_a_job_and_reads_exactly_idle_after(server):
     assert len(set(steps)) >= 3, steps  # it moved, step by step (not stuck at 0.01)
     assert steps == sorted(steps) and max(fractions) > 0.2
     assert all(p["state"]["sampling_steps"] == 30 for p in seen if p["state"]["job_count"] and p["state"]["sampling_steps"])
+    previews = [p for p in seen if p["current_image"]]
+    assert previews and all(p["state"]["sampling_step"] >= 10 for p in previews), [p["state"] for p in previews]
+    assert b64_image(previews[-1]["current_image"]).size == (32, 32)  # 128 px, a pixel per latent
+    assert not [p for p in skipped if p["current_image"]]
     after = server.get("/sdapi/v1/progress").json()
-    assert after["progress"] == 0 and after["state"]["job_count"] == 0
+    assert after["progress"] == 0 and after["state"]["job_count"] == 0 and after["current_image"] is None
+
+
+def test_live_preview_options_are_checked_and_turn_previews_off(server):
+    for bad in ({"show_progress_every_n_steps": -2}, {"show_progress_every_n_steps": 2.5},
+                {"show_progress_type": "Approx"}, {"live_previews_enable": "yes"}):
+        refused = server.post("/sdapi/v1/options", bad)
+        assert refused.status_code == 400 and next(iter(bad)) in refused.json()["detail"]
+    assert server.post("/sdapi/v1/options", {"show_progress_every_n_steps": 0}).status_code == 200
+    try:
+        seen: list[dict] = []
+        done = threading.Event()
+
+        def poll():
+            while not done.is_set():
+                seen.append(server.get("/sdapi/v1/progress").json())
+                time.sleep(0.02)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            assert server.post("/sdapi/v1/txt2img", {"prompt": "a red circle", "seed": 9, "width": 128, "height": 128,
+                                                      "steps": 20}).status_code == 200
+        finally:
+            done.set()
+            poller.join()
+        assert [p["state"]["sampling_step"] for p in seen if p["state"]["job_count"]]  # it ran while polled
+        assert not [p for p in seen if p["current_image"]]
+    finally:
+        assert server.post("/sdapi/v1/options", {"show_progress_every_n_steps": 10}).status_code == 200
 
 
 def test_interrupt_stops_the_job_at_the_next_step(server):

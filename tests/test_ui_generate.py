@@ -79,6 +79,9 @@ def test_interrupt_stops_a_long_run_at_its_next_step(server, browser):
     page = browser.page(server.url)
     _generate(page, "a long run", 1000)
     page.wait_for_function("document.querySelector('#progress')?.innerText.includes('ETA')", timeout=RUN_S)
+    # the live preview (A1111's default: every 10 steps) shows in the gallery while it runs: a pixel per latent
+    page.wait_for_function("document.querySelector('#gallery img')?.naturalWidth > 0", timeout=RUN_S)
+    assert page.locator("#gallery img").first.evaluate("img => img.naturalWidth") == 16
     shot(page, "generate-running")
     page.locator("#interrupt").click()
     page.wait_for_function("document.querySelector('#progress')?.innerText.includes('interrupted')", timeout=RUN_S)

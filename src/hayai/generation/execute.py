@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from hayai.generation.encoding import prompt_kwargs
 from hayai.generation.finite import check_finite, finite_decoder_hook
+from hayai.generation.preview import StepPreview
 from hayai.generation.request import GenerationRequest
 from hayai.generation.results import ProgressEvent
 from hayai.memory.apply import is_out_of_memory, without_text_encoders
@@ -75,7 +76,8 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
         check_finite(tensors["latents"], "denoise", f" at step {step + 1}")  # before more steps and the decode
         out = schedule[0](pipeline, step, timestep, tensors) if schedule[0] else {}
         last_step[0] = timer.now()
-        emit(ProgressEvent("denoise", before + step + 1, total_steps))
+        emit(ProgressEvent("denoise", before + step + 1, total_steps,
+                           preview=StepPreview(pipeline, tensors["latents"], (request.width, request.height))))
         if cancel is not None:
             cancel.check()
         return out

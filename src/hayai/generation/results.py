@@ -20,6 +20,9 @@ class ProgressEvent:
     total: int
     detail: str = ""
     seconds: float | None = None  # "plan": the predicted time of the whole run
+    # "denoise": the step's latents, pictured on demand (`hayai.generation.preview.StepPreview`); read it
+    # inside the callback, which runs before the next step
+    preview: object = field(default=None, repr=False, compare=False)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -66,7 +66,7 @@ async def img2img(request: Request, body: Img2ImgRequest):
 
 @router.get("/progress")
 def progress(request: Request, skip_current_image: bool = False):
-    return _state(request).live.a1111_progress()
+    return _state(request).live.a1111_progress(skip_current_image)
 
 
 @router.post("/interrupt")

@@ -3,7 +3,9 @@ token, and the images a waiting A1111 client is about to receive. Everything tha
 is in the job table (`hayai.store.jobs`); this is the live view of it.
 
 A1111's `/sdapi/v1/progress` is computed here from the step callback, so it moves at every denoising
-step (Forge #1814: a progress stuck at 0.01 is one whose step counter is never updated).
+step (Forge #1814: a progress stuck at 0.01 is one whose step counter is never updated). Its
+`current_image`, the live preview, is pictured from the step's latents every `show_progress_every_n_steps`
+steps (`Previews`, from A1111's options; `hayai.generation.preview`), as a base64 PNG.
 """
 
 from __future__ import annotations
@@ -15,10 +17,38 @@ from dataclasses import dataclass, field
 
 from hayai.generation.options import CancelToken
 from hayai.generation.results import ProgressEvent
+from hayai.server.images import encode_png
 
-__all__ = ["LiveJob", "Live"]
+__all__ = ["LiveJob", "Live", "Previews", "PREVIEW_TYPES"]
 
 KEEP_FINISHED = 64  # finished jobs whose event streams stay readable in memory
+# A1111's `show_progress_type` -> hayai's preview method. hayai has no "Approx NN" network and downloads no
+# TAESD: both are the fitted linear map, and "TAESD" is the request's tiny autoencoder where it has one.
+PREVIEW_TYPES = {"Full": "full", "Approx NN": "cheap", "Approx cheap": "cheap", "TAESD": "auto"}
+
+
+@dataclass(frozen=True)
+class Previews:
+    """When and how `/progress` pictures the image in progress: A1111's `live_previews_enable`,
+    `show_progress_every_n_steps` (steps between previews; -1: at the end of each batch; 0: none) and
+    `show_progress_type`."""
+
+    enabled: bool = True
+    every: int = 10
+    method: str = "cheap"
+
+    @classmethod
+    def from_options(cls, options: dict) -> Previews:
+        return cls(bool(options["live_previews_enable"]), int(options["show_progress_every_n_steps"]),
+                   PREVIEW_TYPES[options["show_progress_type"]])
+
+    def due(self, done: int, total: int, batch_count: int) -> bool:
+        """Whether step `done` of `total` (over `batch_count` batches) gets a preview."""
+        if not self.enabled or self.every == 0:
+            return False
+        if self.every < 0:
+            return total > 0 and done % max(1, total // max(1, batch_count)) == 0
+        return done % self.every == 0
 
 
 @dataclass
@@ -38,6 +68,8 @@ class LiveJob:
     finished: threading.Event = field(default_factory=threading.Event)
     status: str = "running"
     images: list = field(default_factory=list)  # (PIL image, infotext), for a waiting A1111 client
+    current_image: str | None = None  # the latest live preview, a base64 PNG
+    previews_off: bool = False  # a preview failed: none for the rest of the job
 
     @property
     def fraction(self) -> float:
@@ -62,6 +94,7 @@ class Live:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, LiveJob] = OrderedDict()
         self.current: LiveJob | None = None
+        self.previews = Previews()  # the server sets it from A1111's options
 
     def start(self, job_id: str, api: str, batch_count: int) -> LiveJob:
         live = LiveJob(job_id, api, batch_count)
@@ -87,12 +120,31 @@ class Live:
                 live.done, live.total = event.done, event.total
             if event.phase == "plan" and event.seconds is not None:
                 live.predicted_seconds = event.seconds
+        if event.phase == "denoise" and event.preview is not None and not live.previews_off:
+            self._preview(live, event)
         payload = {"type": event.phase, "done": event.done, "total": event.total}
         if event.detail:
             payload["detail"] = event.detail
         if event.seconds is not None:
             payload["predicted_seconds"] = round(event.seconds, 3)
         self.add_event(live, payload)
+
+    def _preview(self, live: LiveJob, event: ProgressEvent) -> None:
+        """Picture the step for `/progress` when it is due. A preview must never cost the job: one that fails
+        (a full decode out of memory, say) is an event, and the job runs on without previews."""
+        previews = self.previews
+        if not previews.due(event.done, event.total, live.batch_count):
+            return
+        try:
+            image = event.preview.image(previews.method)
+        except Exception as error:  # noqa: BLE001 (whatever it is, the run goes on)
+            live.previews_off = True
+            self.add_event(live, {"type": "preview", "error": f"{type(error).__name__}: {error}",
+                                  "detail": "live previews are off for the rest of this job"})
+            return
+        encoded = encode_png(image, None)
+        with self._lock:
+            live.current_image = encoded
 
     def set_progress(self, live: LiveJob, done: int, total: int, phase: str) -> None:
         """Progress of a job that is not a run of denoising steps (a sweep's cells, a training run's steps),
@@ -114,10 +166,11 @@ class Live:
         live.finished.set()
 
     # -- A1111's view ----------------------------------------------------------------------------
-    def a1111_progress(self) -> dict:
+    def a1111_progress(self, skip_current_image: bool = False) -> dict:
         """`/sdapi/v1/progress` as A1111 computes it: exactly 0 with job_count 0 when idle (clients wait for
         that), else 0.01 + the fraction done, and eta_relative = elapsed / progress - elapsed (before the
-        first step hayai uses the plan's predicted time instead of A1111's guess)."""
+        first step hayai uses the plan's predicted time instead of A1111's guess); `current_image` the
+        latest live preview, unless skipped."""
         with self._lock:
             live = self.current
             if live is None:
@@ -125,7 +178,8 @@ class Live:
                         "textinfo": None, "current_task": None}
             progress = min(1.0, 0.01 + live.fraction) if live.done else 0.01
             eta = live.eta_seconds(progress) or 0.0
-            return {"progress": progress, "eta_relative": eta, "state": _state(live), "current_image": None,
+            image = None if skip_current_image else live.current_image
+            return {"progress": progress, "eta_relative": eta, "state": _state(live), "current_image": image,
                     "textinfo": f"{live.phase} {live.detail}".strip(), "current_task": live.id}
 
 

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import HayaiError, RequestError
-from hayai.server.live import Live
+from hayai.server.live import PREVIEW_TYPES, Live, Previews
 
 __all__ = ["ServerConfig", "ServerState", "KNOWN_OPTIONS"]
 
 # A1111 options hayai acts on; others are kept and echoed (clients read and write them) but change nothing
 KNOWN_OPTIONS = {"sd_model_checkpoint": None, "CLIP_stop_at_last_layers": 1, "samples_format": "png",
-                 "img2img_fix_steps": False}
+                 "img2img_fix_steps": False,
+                 # live previews in /progress's current_image (A1111's defaults; hayai.server.live.Previews)
+                 "live_previews_enable": True, "show_progress_every_n_steps": 10, "show_progress_type": "Approx NN"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class ServerState:
         self.live = Live()
         self.options_path = paths.hayai_home() / "server" / "options.json"
         self.options = {**KNOWN_OPTIONS, **self._read_options()}
+        try:
+            _check_previews(self.options)
+        except RequestError as error:
+            raise HayaiError(f"{self.options_path}: {error}; fix or delete it") from None
+        self.live.previews = Previews.from_options(self.options)
         self.worker = None
         self._lock_file = None
 
@@ -102,11 +109,27 @@ class ServerState:
             raise RequestError(f"CLIP_stop_at_last_layers={clip!r} must be a whole number from 1 to 12")
         if changes.get("samples_format") not in (None, "png", "jpg", "webp"):
             raise RequestError(f"samples_format={changes['samples_format']!r} must be png, jpg or webp")
+        _check_previews(changes)
         self.options.update(changes)
+        self.live.previews = Previews.from_options(self.options)
         self.options_path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.options_path.with_name(f".options.{os.getpid()}.tmp")
         temp.write_text(json.dumps(self.options, indent=1, sort_keys=True))
         os.replace(temp, self.options_path)
+
+
+def _check_previews(options: dict) -> None:
+    """The live-preview options among `options`, or a RequestError naming the one that is not valid."""
+    every = options.get("show_progress_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float)) or every != int(every)
+                              or every < -1):
+        raise RequestError(f"show_progress_every_n_steps={every!r} must be a whole number of steps, -1 (at the end "
+                           "of each batch) or more (0: no live previews)")
+    if options.get("show_progress_type") not in (None, *PREVIEW_TYPES):
+        raise RequestError(f"show_progress_type={options['show_progress_type']!r} must be one of "
+                           f"{', '.join(PREVIEW_TYPES)}")
+    if options.get("live_previews_enable") not in (None, True, False):
+        raise RequestError(f"live_previews_enable={options['live_previews_enable']!r} must be true or false")
 
 
 def _take_lock(path: Path, config: ServerConfig):

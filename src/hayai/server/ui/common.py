@@ -8,9 +8,7 @@ the server's state, so the UI and the API cannot disagree.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 from types import SimpleNamespace
 
@@ -25,9 +23,9 @@ def as_request(state):
 
 
 def png_b64(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    from hayai.server.images import encode_png
+
+    return encode_png(image, None)
 
 
 def submit_body(state, body: dict):

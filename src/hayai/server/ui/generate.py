@@ -9,6 +9,7 @@ import html
 import gradio as gr
 
 from hayai.generation.fields import LATENT_UPSCALERS, PIXEL_UPSCALERS
+from hayai.server.images import decode_image
 from hayai.server.ui import common
 from hayai.server.ui.fields import control
 from hayai.server.ui.settings import Settings, fields_from, lora_choices, lora_info, plan_markdown, prompt_report
@@ -38,8 +39,13 @@ def run_generation(state, body: dict, outputs):
         yield {progress: common._bar(0, f"refused: {common.route_error(error)}")}
         return
     yield {job_state: job.id, progress: common.progress_html(state, job, None), gallery: None, infotext: "", details: ""}
+    shown = None
     for job, live in common.follow(state, job.id):
-        yield {progress: common.progress_html(state, job, live)}
+        update = {progress: common.progress_html(state, job, live)}
+        preview = live.current_image if live is not None else None
+        if preview is not None and preview is not shown:  # the live preview, in the gallery until the images come
+            update[gallery], shown = [(decode_image(preview, "preview"), "preview")], preview
+        yield update
     result = job.result or {}
     images = [(entry["path"], f"seed {entry['seed']}") for entry in result.get("images", []) if entry.get("path")]
     texts = [entry.get("infotext", "") for entry in result.get("images", [])]

@@ -1,0 +1,96 @@
+"""Live previews: a picture of the image in progress, from the latents of a denoising step.
+
+Every denoising step's progress event carries a `StepPreview` (`ProgressEvent.preview`). A consumer that
+wants a picture, such as the server's `/sdapi/v1/progress` at A1111's `show_progress_every_n_steps`, asks it
+for one, inside the step callback, and pays for the method it names:
+- "cheap": a linear map from the latent channels to RGB, one pixel per latent (A1111's "Approx cheap",
+  ComfyUI's latent2rgb). hayai ships no table of factors: they are fitted once per VAE from that VAE
+  (`latent_rgb`: its decoder's response to each channel at uniform latents), so any model's VAE works,
+  SD3's 16 channels included, and a fine-tuned VAE gets its own. Milliseconds a preview.
+- "full": the pipeline's own VAE: the model's, or the tiny autoencoder a request decodes with (`tiny_vae`).
+  With the model's VAE it costs what the final decode costs, so it suits GPUs and small images.
+- "auto": "full" where the pipeline decodes with an `AutoencoderTiny` (a TAESD: cheap and close to the final
+  image), else "cheap".
+Asking for a picture reads the latents and changes nothing: the run's images are the same with or without
+previews (tested).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+__all__ = ["METHODS", "StepPreview", "latent_rgb"]
+
+METHODS = ("auto", "cheap", "full")
+_PROBE = 8  # the uniform latents the fit decodes are _PROBE x _PROBE
+_FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE module -> (weights [C, 3], bias [3])
+
+
+def _decoder_input(vae, latents):
+    """The latents as the pipeline hands them to `vae.decode` (SD1/SDXL: scaled back; SD3/Flux: and shifted)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
+def latent_rgb(vae):
+    """(weights [C, 3], bias [3]) with RGB in [-1, 1] ~ bias + latents' channels @ weights, for latents as the
+    sampler sees them: the decoder's mean colour at uniform latents 0 and +-1 in each channel (central
+    differences), fitted once per VAE module and kept while it lives."""
+    import torch
+
+    if vae in _FITTED:
+        return _FITTED[vae]
+    channels = vae.config.latent_channels
+    probes = torch.zeros(2 * channels + 1, channels, _PROBE, _PROBE)
+    for c in range(channels):
+        probes[1 + 2 * c, c] = 1.0
+        probes[2 + 2 * c, c] = -1.0
+    parameter = next(vae.parameters())
+    with torch.no_grad():
+        decoded = vae.decode(_decoder_input(vae, probes).to(parameter.device, parameter.dtype)).sample
+    colours = decoded.float().mean(dim=(2, 3)).cpu()  # (2C + 1, 3)
+    weights = (colours[1::2] - colours[2::2]) / 2
+    fitted = (weights, colours[0])
+    _FITTED[vae] = fitted
+    return fitted
+
+
+class StepPreview:
+    """The latents at the end of one denoising step, pictured on demand (`image`)."""
+
+    def __init__(self, pipe, latents, size: tuple[int, int]):
+        self.pipe, self.latents, self.size = pipe, latents, size  # size: the image's (width, height)
+
+    def _spatial(self):
+        """The latents as (batch, channels, h, w): Flux's packed sequence unpacked."""
+        latents = self.latents
+        if latents.ndim == 3:
+            width, height = self.size
+            latents = type(self.pipe)._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
+        return latents
+
+    def method_for(self, method: str) -> str:
+        """The method "auto" stands for with this pipeline; others as they are."""
+        if method not in METHODS:
+            raise ValueError(f"preview method {method!r} is unknown; known: {', '.join(METHODS)}")
+        if method != "auto":
+            return method
+        return "full" if type(self.pipe.vae).__name__ == "AutoencoderTiny" else "cheap"
+
+    def image(self, method: str = "auto", index: int = 0):
+        """A PIL picture of image `index` of the batch: latent-sized with "cheap", full-sized with "full"."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        latents = self._spatial()[index : index + 1]
+        with torch.no_grad():
+            if self.method_for(method) == "cheap":
+                weights, bias = latent_rgb(self.pipe.vae)
+                rgb = torch.einsum("bchw,cd->bdhw", latents.float().cpu(), weights) + bias.view(1, 3, 1, 1)
+            else:
+                vae = self.pipe.vae
+                parameter = next(vae.parameters())
+                rgb = vae.decode(_decoder_input(vae, latents).to(parameter.device, parameter.dtype)).sample.float().cpu()
+        pixels = ((rgb[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # as diffusers
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
