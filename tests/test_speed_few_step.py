@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -116,6 +117,19 @@ def test_a_turbo_flow_model_gets_the_flow_sampler(tmp_path):
                                                                                            "Simple", 4)
     resolved = GenerationRequest(prompt="x").resolve(Family.SD3, (64, 64), recommended=found.recommended)
     assert (resolved.sampler, resolved.cfg_scale) == ("Euler", 1.0)
+
+
+def test_a_flux_few_step_lora_keeps_the_models_guidance(tmp_path):
+    """Flux's cfg_scale is its distilled guidance: FLUX.1-Turbo-Alpha wants 8 steps at the model's 3.5, not CFG 1."""
+    from hayai.speed.few_step import for_flow_matching
+
+    turbo = for_flow_matching(detect("FLUX.1-Turbo-Alpha.safetensors"), Family.FLUX)
+    assert (turbo.steps, turbo.sampler, turbo.cfg_scale) == (8, "Euler", None)
+    assert turbo.recommended == {"steps": 8, "sampler": "Euler", "schedule_type": "Simple"}
+    request = GenerationRequest(prompt="x").resolve(Family.FLUX, (64, 64), recommended={"cfg_scale": 3.5})
+    assert turbo.warnings(dataclasses.replace(request, steps=8)) == []
+    hyper = for_flow_matching(detect("Hyper-FLUX.1-dev-16steps-lora.safetensors"), Family.FLUX)
+    assert (hyper.method, hyper.steps, hyper.cfg_scale) == ("Hyper-SD", 16, None)
 
 
 # -- the fast preset: a few-step LoRA of the model from the catalog ------------------------------------------

@@ -35,7 +35,7 @@ _GENERIC_STEMS = {"pytorch_lora_weights", "diffusion_pytorch_model", "model", "l
 class FewStep:
     method: str  # "LCM", "TCD", "Hyper-SD", "Lightning", "Turbo"
     steps: int
-    cfg_scale: float
+    cfg_scale: float | None  # None: the model's own (Flux, whose guidance is distilled)
     sampler: str  # an A1111 name (hayai.generation.samplers)
     schedule_type: str
     steps_range: tuple[int, int]  # where it works
@@ -47,8 +47,9 @@ class FewStep:
     @property
     def recommended(self) -> dict:
         """Request fields it needs, in the model card's form (`GenerationRequest.resolve(recommended=...)`)."""
-        return {"steps": self.steps, "cfg_scale": self.cfg_scale, "sampler": self.sampler,
-                "schedule_type": self.schedule_type}
+        settings = {"steps": self.steps, "cfg_scale": self.cfg_scale, "sampler": self.sampler,
+                    "schedule_type": self.schedule_type}
+        return {key: value for key, value in settings.items() if value is not None}  # (Flux: its own guidance)
 
     def warnings(self, request) -> list[str]:
         """What in a resolved request falls outside the range this method works in."""
@@ -58,7 +59,7 @@ class FewStep:
         if not low <= request.steps <= high:
             found.append(f"{what}: steps={request.steps} is outside {low}-{high}, where it works (it needs {self.steps})")
         low, high = self.cfg_range
-        if not low <= request.cfg_scale <= high:
+        if self.cfg_scale is not None and not low <= request.cfg_scale <= high:
             found.append(f"{what}: cfg_scale={request.cfg_scale:g} is outside {low:g}-{high:g}, where it works "
                          f"(it needs {self.cfg_scale:g}); the image may burn")
         if request.sampler not in self.samplers:
@@ -98,7 +99,7 @@ def detect_text(text: str, source: str = "", kind: str = "LoRA") -> FewStep | No
     ordered = [word for word in re.split(r"[^a-z0-9]+", lowered) if word]
     words = set(ordered)
     ordinary = lambda word: word in words and (kind == "model" or _qualified(word, ordered, lowered))  # noqa: E731
-    if re.search(r"hyper[-_ ]?sd", lowered):
+    if re.search(r"hyper[-_ ]?(sd|flux)", lowered):  # Hyper-SD15/SDXL/SD3, Hyper-FLUX.1-dev
         if "cfg" in words:  # Hyper-SD's CFG-preserving LoRAs (8 and 12 steps): guidance 5-8, negative prompts work
             steps = _named_steps(lowered, 8)
             return FewStep("Hyper-SD", steps, 6.0, "DDIM", "SGM Uniform", (steps // 2, steps * 2), (4.0, 8.0),
@@ -163,10 +164,20 @@ def detect_file(path: Path) -> FewStep | None:
     return detect(str(path), metadata)
 
 
-def for_flow_matching(found: FewStep) -> FewStep:
-    """The settings for a flow-matching family (SD3, Flux): the steps and guidance stay, the sampler is the
-    flow Euler (their distilled weights, e.g. SD3.5 Large Turbo or Hyper-SD3, sample with it)."""
-    return replace(found, sampler="Euler", schedule_type="Simple", samplers=("Euler",))
+def for_flow_matching(found: FewStep, family=None) -> FewStep:
+    """The settings for a flow-matching family (SD3, Flux): the sampler is the flow Euler (their distilled
+    weights, e.g. SD3.5 Large Turbo or Hyper-SD3, sample with it); the steps and guidance stay, but on Flux.
+    Flux's `cfg_scale` is its distilled guidance (FluxPipeline's guidance_scale), not CFG: its few-step LoRAs
+    (FLUX.1-Turbo-Alpha, Hyper-FLUX) keep the model's guidance, so none is set or warned about, and a Turbo
+    LoRA for Flux takes 8 steps (Turbo-Alpha's card; SD-Turbo's 1-4 are for its own models)."""
+    from hayai.models.families import Family
+
+    flow = replace(found, sampler="Euler", schedule_type="Simple", samplers=("Euler",))
+    if family == Family.FLUX:
+        steps = 8 if found.method == "Turbo" else found.steps
+        flow = replace(flow, steps=steps, steps_range=(max(1, steps // 2), steps * 2) if found.method == "Turbo"
+                       else found.steps_range, cfg_scale=None, cfg_range=(0.0, float("inf")))
+    return flow
 
 
 def for_request(request, source, find_lora) -> FewStep | None:
@@ -191,7 +202,7 @@ def for_request(request, source, find_lora) -> FewStep | None:
     if found is None:
         found = detect(source.name, kind="model")
     if found is not None and FAMILY_INFO[source.family].flow_matching:
-        found = for_flow_matching(found)
+        found = for_flow_matching(found, source.family)
     return found
 
 
