@@ -229,8 +229,10 @@ class OpenVinoUNet:
 
 
 def in_use() -> set[Path]:
-    """The cache folders UNets in this process run on (an eviction keeps them)."""
-    return {folder for state in list(_ATTACHED) for folder in state.folders}
+    """The folders of this cache that UNets in this process run on (an eviction keeps them). A UNet attached
+    under another $HAYAI_HOME (a test's, or one changed since) is not this cache's concern."""
+    root = openvino_cache.root()
+    return {folder for state in list(_ATTACHED) for folder in state.folders if folder.parent == root}
 
 
 def ready(unet, width: int, height: int, *, vae_scale: int = 8) -> bool:
