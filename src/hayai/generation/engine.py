@@ -227,9 +227,10 @@ class Engine:
         return dataclasses.replace(request, loras=(*request.loras, f"{found[0].name}:1"))
 
     def execution_for(self, loaded: LoadedModel, request: GenerationRequest, options: RunOptions | None = None,
-                      plan=None) -> tuple[frozenset[str], list[str]]:
+                      plan=None, steps_run: int | None = None) -> tuple[frozenset[str], list[str]]:
         """The execution levers for a resolved request (the options', else those that measurements made here
-        for this model at the nearest size show pay, and, with its `plan`, that memory holds), and why."""
+        for this model at the nearest size show pay, and, with its `plan`, that memory holds), and why;
+        `steps_run` is how many steps a batch denoises (img2img: strength x steps), by default its steps."""
         options = options or self.run_options()
         blockers = _openvino_blockers(request)
         if options.execution is not None:
@@ -246,17 +247,17 @@ class Engine:
             return names, ["asked for by the caller"]
         measured = nearest(self.store.speed_measurements(loaded.sha256, self.device_spec.key),
                            request.width, request.height, request.steps)
-        images = request.batch_size * request.batch_count
+        images, steps = request.batch_size * request.batch_count, steps_run or request.steps
         import torch
 
         threads = 0 if self.device_spec.accelerator else torch.get_num_threads()  # a CPU step's speed scales with them
         verdict = openvino.decide(measured, model_hash=loaded.sha256, family=loaded.family, width=request.width,
-                                  height=request.height, steps=request.steps, images=images,
+                                  height=request.height, steps=steps, images=images,
                                   on_cpu=not self.device_spec.accelerator, blockers=blockers,
                                   min_psnr_db=execution_levers.MIN_PSNR_DB, threads=threads, plan=plan,
                                   unet_params=loaded.facts.by_role("denoiser")[0].params)
         compiling = regional_compile.decide(measured, denoiser_class=loaded.facts.denoiser_class, width=request.width,
-                                            height=request.height, steps=request.steps, images=images,
+                                            height=request.height, steps=steps, images=images,
                                             compiled=loaded.compiled, threads=threads)
         return execution_levers.choose(measured, compile=compiling, openvino=verdict)
 
@@ -369,7 +370,7 @@ class Engine:
         specs = tuple(combine_specs(requested_loras, parse_prompt(resolved.prompt).loras
                                     + parse_prompt(resolved.negative_prompt).loras))
         the_plan, strategy, reason = self.plan_for(loaded, resolved, options)
-        execution, _ = self.execution_for(loaded, resolved, options, the_plan)
+        execution, _ = self.execution_for(loaded, resolved, options, the_plan, kind.steps_run(resolved))
         predicted = next((e.seconds for e in the_plan.candidates if e.strategy == strategy), the_plan.chosen.seconds)
         emit(ProgressEvent("plan", 0, 1, strategy.name, seconds=predicted * resolved.batch_count))
         seeds = resolved.seeds()
