@@ -32,10 +32,17 @@ def _decoder_input(vae, latents):
     return latents / vae.config.scaling_factor + shift
 
 
-def latent_rgb(vae):
+def _placed(vae, tensor, like):
+    """`tensor` as the pipeline hands latents to `vae.decode`: on the device the pipeline runs on (`like`'s;
+    offload hooks move the VAE's weights there) and in the VAE's dtype."""
+    return tensor.to(like.device, next(vae.parameters()).dtype)
+
+
+def latent_rgb(vae, like=None):
     """(weights [C, 3], bias [3]) with RGB in [-1, 1] ~ bias + latents' channels @ weights, for latents as the
     sampler sees them: the decoder's mean colour at uniform latents 0 and +-1 in each channel (central
-    differences), fitted once per VAE module and kept while it lives."""
+    differences), fitted once per VAE module and kept while it lives; `like` is a tensor on the device the
+    pipeline runs on (the step's latents)."""
     import torch
 
     if vae in _FITTED:
@@ -45,9 +52,8 @@ def latent_rgb(vae):
     for c in range(channels):
         probes[1 + 2 * c, c] = 1.0
         probes[2 + 2 * c, c] = -1.0
-    parameter = next(vae.parameters())
     with torch.no_grad():
-        decoded = vae.decode(_decoder_input(vae, probes).to(parameter.device, parameter.dtype)).sample
+        decoded = vae.decode(_placed(vae, _decoder_input(vae, probes), probes if like is None else like)).sample
     colours = decoded.float().mean(dim=(2, 3)).cpu()  # (2C + 1, 3)
     weights = (colours[1::2] - colours[2::2]) / 2
     fitted = (weights, colours[0])
@@ -86,11 +92,10 @@ class StepPreview:
         latents = self._spatial()[index : index + 1]
         with torch.no_grad():
             if self.method_for(method) == "cheap":
-                weights, bias = latent_rgb(self.pipe.vae)
+                weights, bias = latent_rgb(self.pipe.vae, latents)
                 rgb = torch.einsum("bchw,cd->bdhw", latents.float().cpu(), weights) + bias.view(1, 3, 1, 1)
             else:
                 vae = self.pipe.vae
-                parameter = next(vae.parameters())
-                rgb = vae.decode(_decoder_input(vae, latents).to(parameter.device, parameter.dtype)).sample.float().cpu()
+                rgb = vae.decode(_placed(vae, _decoder_input(vae, latents), latents)).sample.float().cpu()
         pixels = ((rgb[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # as diffusers
         return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
