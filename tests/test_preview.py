@@ -3,8 +3,11 @@ final image, and the fitted linear map looks like it on a trained VAE."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from hayai.demo import BUILTIN_MODEL
 from hayai.generation.engine import Engine
@@ -76,3 +79,23 @@ def test_an_unknown_method_is_named(tiny_folders):
 
     with pytest.raises(ValueError, match="preview method 'NN' is unknown; known: auto, cheap, full"):
         StepPreview(None, None, (64, 64)).method_for("NN")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_previews_under_every_placement_on_cuda(tiny_folders):
+    """Offload moves the VAE's weights through hooks (or leaves them on the meta device): a preview hands the VAE
+    its input where the pipeline would, so every placement previews, and none changes the images."""
+    from hayai.memory.strategies import candidates
+
+    engine = Engine(device="cuda")
+    request = GenerationRequest(prompt="a small red circle", model=str(tiny_folders[Family.SD1]), steps=2, seed=5,
+                                width=64, height=64)
+    for strategy in candidates(engine.device_spec):
+        options = engine.run_options(save=False, strategy=strategy.name)
+        plain = engine.generate(request, options)
+        previews = []
+        watched = engine.generate(request, dataclasses.replace(options, progress=lambda e: previews.append(
+            (e.preview.image("cheap"), e.preview.image("full"))) if e.phase == "denoise" else None))
+        assert np.array_equal(_pixels(plain.images[0].image), _pixels(watched.images[0].image)), strategy.name
+        assert np.abs(_pixels(previews[-1][1]) - _pixels(watched.images[0].image)).max() <= 1, strategy.name
