@@ -74,10 +74,32 @@ def test_a_sixteen_channel_latent_and_a_tiny_autoencoder(tiny_folders, tmp_path)
     assert np.array_equal(_pixels(previews["auto"][-1]), _pixels(result.images[0].image))
 
 
+def test_a_taesd_in_vae_approx_previews_its_family_and_cheap_stands_in_without_one(tiny_folders):
+    """As A1111 keeps its TAESD decoders in models/VAE-approx: a diffusers AutoencoderTiny folder per family."""
+    from diffusers import AutoencoderTiny
+
+    from hayai import paths
+
+    engine = Engine()
+    request = GenerationRequest(prompt="a square", model=str(tiny_folders[Family.SD1]), steps=2, seed=1, width=64,
+                                height=64)
+    _, without = _run(engine, request, ("taesd", "auto"))
+    assert without["taesd"][-1].size == without["auto"][-1].size == (8, 8)  # none there: the linear map
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    latent_channels=4).save_pretrained(paths.models_dir() / "VAE-approx" / "taesdxl")
+    _, other_family = _run(engine, request, ("taesd",))
+    assert other_family["taesd"][-1].size == (8, 8)  # SDXL's latent space is not SD1's
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    latent_channels=4).save_pretrained(paths.models_dir() / "VAE-approx" / "taesd")
+    result, found = _run(engine, request, ("taesd", "auto"))
+    assert found["taesd"][-1].size == found["auto"][-1].size == (64, 64)
+    assert np.array_equal(_pixels(found["taesd"][-1]), _pixels(found["auto"][-1]))
+
+
 def test_an_unknown_method_is_named(tiny_folders):
     from hayai.generation.preview import StepPreview
 
-    with pytest.raises(ValueError, match="preview method 'NN' is unknown; known: auto, cheap, full"):
+    with pytest.raises(ValueError, match="preview method 'NN' is unknown; known: auto, cheap, taesd, full"):
         StepPreview(None, None, (64, 64)).method_for("NN")
 
 

@@ -77,7 +77,7 @@ def run_batch(pipe, family: Family, request: GenerationRequest, seeds: list[int]
         out = schedule[0](pipeline, step, timestep, tensors) if schedule[0] else {}
         last_step[0] = timer.now()
         emit(ProgressEvent("denoise", before + step + 1, total_steps,
-                           preview=StepPreview(pipeline, tensors["latents"], (request.width, request.height))))
+                           preview=StepPreview(pipeline, tensors["latents"], (request.width, request.height), family)))
         if cancel is not None:
             cancel.check()
         return out

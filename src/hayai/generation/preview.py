@@ -9,8 +9,12 @@ for one, inside the step callback, and pays for the method it names:
   SD3's 16 channels included, and a fine-tuned VAE gets its own. Milliseconds a preview.
 - "full": the pipeline's own VAE: the model's, or the tiny autoencoder a request decodes with (`tiny_vae`).
   With the model's VAE it costs what the final decode costs, so it suits GPUs and small images.
+- "taesd": a tiny autoencoder for the model's family that the user put in `$HAYAI_HOME/models/VAE-approx/`,
+  as A1111 keeps its TAESD decoders there, but a diffusers `AutoencoderTiny` folder each (safetensors):
+  `taesd` (SD1.x, SD2), `taesdxl`, `taesd3`, `taef1` (Flux). Full-sized, about as cheap as "cheap". Without
+  one, "cheap".
 - "auto": "full" where the pipeline decodes with an `AutoencoderTiny` (a TAESD: cheap and close to the final
-  image), else "cheap".
+  image), else "taesd" (so "cheap" when there is none).
 Asking for a picture reads the latents and changes nothing: the run's images are the same with or without
 previews (tested).
 """
@@ -18,10 +22,18 @@ previews (tested).
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
-__all__ = ["METHODS", "StepPreview", "latent_rgb"]
+from hayai import paths
+from hayai.models.families import Family
 
-METHODS = ("auto", "cheap", "full")
+__all__ = ["METHODS", "TAESD_NAMES", "StepPreview", "latent_rgb", "taesd_folder"]
+
+METHODS = ("auto", "cheap", "taesd", "full")
+# madebyollin's names for the tiny autoencoder of each family's latent space (A1111's VAE-approx files)
+TAESD_NAMES = {Family.SD1: "taesd", Family.SD2: "taesd", Family.SDXL: "taesdxl", Family.SD3: "taesd3",
+               Family.FLUX: "taef1"}
+_TAESD: dict = {}  # (folder, mtime) -> AutoencoderTiny
 _PROBE = 8  # the uniform latents the fit decodes are _PROBE x _PROBE
 _FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE module -> (weights [C, 3], bias [3])
 
@@ -61,11 +73,29 @@ def latent_rgb(vae, like=None):
     return fitted
 
 
+def taesd_folder(family: Family) -> Path | None:
+    """The tiny autoencoder for `family`'s latents in `$HAYAI_HOME/models/VAE-approx/`, or None."""
+    folder = paths.models_dir() / "VAE-approx" / TAESD_NAMES[family]
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _taesd(folder: Path):
+    """The AutoencoderTiny in `folder`, loaded once (again if its config changes)."""
+    from hayai.speed.tiny_vae import load_tiny_vae
+
+    key = (folder, (folder / "config.json").stat().st_mtime_ns)
+    if key not in _TAESD:
+        _TAESD.clear()  # one at a time: a server previews one model's family at once
+        _TAESD[key] = load_tiny_vae(str(folder)).eval()
+    return _TAESD[key]
+
+
 class StepPreview:
     """The latents at the end of one denoising step, pictured on demand (`image`)."""
 
-    def __init__(self, pipe, latents, size: tuple[int, int]):
+    def __init__(self, pipe, latents, size: tuple[int, int], family: Family | None = None):
         self.pipe, self.latents, self.size = pipe, latents, size  # size: the image's (width, height)
+        self.family = family
 
     def _spatial(self):
         """The latents as (batch, channels, h, w): Flux's packed sequence unpacked."""
@@ -79,21 +109,27 @@ class StepPreview:
         """The method "auto" stands for with this pipeline; others as they are."""
         if method not in METHODS:
             raise ValueError(f"preview method {method!r} is unknown; known: {', '.join(METHODS)}")
-        if method != "auto":
-            return method
-        return "full" if type(self.pipe.vae).__name__ == "AutoencoderTiny" else "cheap"
+        if method == "auto" and type(self.pipe.vae).__name__ == "AutoencoderTiny":
+            return "full"
+        if method in ("auto", "taesd"):
+            return "taesd" if self.family is not None and taesd_folder(self.family) is not None else "cheap"
+        return method
 
     def image(self, method: str = "auto", index: int = 0):
-        """A PIL picture of image `index` of the batch: latent-sized with "cheap", full-sized with "full"."""
+        """A PIL picture of image `index` of the batch: latent-sized with "cheap", full-sized with the others."""
         import numpy as np
         import torch
         from PIL import Image
 
         latents = self._spatial()[index : index + 1]
+        method = self.method_for(method)
         with torch.no_grad():
-            if self.method_for(method) == "cheap":
+            if method == "cheap":
                 weights, bias = latent_rgb(self.pipe.vae, latents)
                 rgb = torch.einsum("bchw,cd->bdhw", latents.float().cpu(), weights) + bias.view(1, 3, 1, 1)
+            elif method == "taesd":
+                vae = _taesd(taesd_folder(self.family)).to(latents.device)  # float32: it is small
+                rgb = vae.decode(_decoder_input(vae, latents.float())).sample.float().cpu()
             else:
                 vae = self.pipe.vae
                 rgb = vae.decode(_placed(vae, _decoder_input(vae, latents), latents)).sample.float().cpu()

@@ -22,8 +22,9 @@ from hayai.server.images import encode_png
 __all__ = ["LiveJob", "Live", "Previews", "PREVIEW_TYPES"]
 
 KEEP_FINISHED = 64  # finished jobs whose event streams stay readable in memory
-# A1111's `show_progress_type` -> hayai's preview method. hayai has no "Approx NN" network and downloads no
-# TAESD: both are the fitted linear map, and "TAESD" is the request's tiny autoencoder where it has one.
+# A1111's `show_progress_type` -> hayai's preview method. hayai has no "Approx NN" network: it is the fitted
+# linear map. "TAESD" is the request's tiny autoencoder, else one in $HAYAI_HOME/models/VAE-approx/ (hayai
+# downloads none), else the linear map.
 PREVIEW_TYPES = {"Full": "full", "Approx NN": "cheap", "Approx cheap": "cheap", "TAESD": "auto"}
 
 
