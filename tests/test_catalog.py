@@ -154,6 +154,16 @@ def test_files_inside_a_diffusers_folder_are_not_listed_on_their_own(catalog, mo
     assert [e.name for e in catalog.entries()] == ["mine-sd1"]
 
 
+def test_a_component_folder_is_not_a_model(catalog, models_dir, tiny_folders):
+    """A diffusers VAE or tiny autoencoder (config.json, no model_index.json), as previews find in VAE-approx/."""
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    latent_channels=4).save_pretrained(models_dir / "VAE-approx" / "taesd")
+    _copy(tiny_folders, Family.SD1, models_dir / "mine-sd1")
+    assert [e.name for e in catalog.entries()] == ["mine-sd1"]
+
+
 def test_only_installed_model_is_the_default(catalog, models_dir, tiny_folders):
     _copy(tiny_folders, Family.SD3, models_dir / "only-sd3")
     source = catalog.resolve(None)

@@ -246,7 +246,9 @@ class Catalog:
 
 def _candidates(folder: Path):
     """Model files and diffusers folders under `folder`, recursively as A1111 does; the files inside a
-    diffusers folder belong to it and are not listed on their own."""
+    diffusers folder belong to it and are not listed on their own, and a folder of one diffusers component
+    (a config.json without model_index.json: a VAE, the TAESDs previews use from models/VAE-approx) is no
+    model at all."""
     if not folder.is_dir():
         return
     for root, dirs, files in os.walk(folder):
@@ -254,6 +256,9 @@ def _candidates(folder: Path):
         if (root_path / "model_index.json").is_file():
             dirs.clear()
             yield root_path
+            continue
+        if (root_path / "config.json").is_file():
+            dirs.clear()
             continue
         dirs.sort()
         for name in sorted(files):
