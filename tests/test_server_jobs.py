@@ -86,6 +86,21 @@ def test_an_idempotency_key_makes_a_retry_find_the_same_job(server):
     assert len(same) == 1
 
 
+def test_a_running_job_shows_its_live_preview(server):
+    """Every 10 steps by A1111's default options, the same base64 PNG /sdapi/v1/progress gives."""
+    from server_process import b64_image
+
+    blocker = _block(server)
+    deadline, preview = time.monotonic() + 120, None
+    while preview is None and time.monotonic() < deadline:
+        progress = server.get(f"/hayai/v1/jobs/{blocker}").json().get("progress") or {}
+        preview = progress.get("preview")
+        time.sleep(0.05)
+    assert server.delete(f"/hayai/v1/jobs/{blocker}").status_code == 200
+    assert preview is not None and b64_image(preview).size == (32, 32)  # 128 px: a pixel per latent
+    assert wait_job(server, blocker)["status"] == "interrupted"
+
+
 def test_priority_runs_first_and_positions_count_down(server):
     blocker = _block(server)
     low = _submit(server, {"prompt": "low", "seed": 1, **SMALL}).json()

@@ -306,7 +306,8 @@ def _job(state, job_id: str):
 
 
 def _view(state, job, position: int | None = None) -> dict[str, Any]:
-    """A job as clients see it: its row, its place in the queue, and while it runs, its live progress."""
+    """A job as clients see it: its row, its place in the queue, and while it runs, its live progress (with the
+    latest live preview, a base64 PNG, as `/sdapi/v1/progress` gives it)."""
     view = job.to_dict()
     if job.status != "queued":
         view["position"] = None
@@ -315,7 +316,8 @@ def _view(state, job, position: int | None = None) -> dict[str, Any]:
     live = state.live.get(job.id)
     if job.status == "running" and live is not None:
         view["progress"] = {"phase": live.phase, "done": live.done, "total": live.total,
-                            "fraction": round(live.fraction, 4), "predicted_seconds": live.predicted_seconds}
+                            "fraction": round(live.fraction, 4), "predicted_seconds": live.predicted_seconds,
+                            "preview": live.current_image}
     result = job.result or {}
     for index, image in enumerate(result.get("images", [])):
         image["url"] = f"/hayai/v1/jobs/{job.id}/images/{index}"
