@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hayai.errors import HayaiError, RequestError
+from hayai.files import replace_json
 from hayai.generation.fields import FIELD
 from hayai.generation.imagefile import claim_name, read_image_metadata
 from hayai.generation.options import CancelToken
@@ -299,13 +300,7 @@ def _same_again(flag: str | None, name: str, value) -> str:
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
-    path = out / MANIFEST
-    temp = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(temp, path)  # the render's own file: replaced whole
-    finally:
-        temp.unlink(missing_ok=True)
+    replace_json(out / MANIFEST, manifest, indent=2, ensure_ascii=False)  # the render's own file: replaced whole
 
 
 _FLAGS = {"model_name": "--model", "per_prompt": "--per-prompt", "seed": "--seed"}

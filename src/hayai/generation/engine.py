@@ -248,9 +248,7 @@ class Engine:
         measured = nearest(self.store.speed_measurements(loaded.sha256, self.device_spec.key),
                            request.width, request.height, request.steps)
         images, steps = request.batch_size * request.batch_count, steps_run or request.steps
-        import torch
-
-        threads = 0 if self.device_spec.accelerator else torch.get_num_threads()  # a CPU step's speed scales with them
+        threads = self.device_spec.threads  # a CPU step's speed scales with them, as the plan's (0: an accelerator)
         verdict = openvino.decide(measured, model_hash=loaded.sha256, family=loaded.family, width=request.width,
                                   height=request.height, steps=steps, images=images,
                                   on_cpu=not self.device_spec.accelerator, blockers=blockers,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import HayaiError, RequestError
+from hayai.files import replace_json
 from hayai.server.live import PREVIEW_TYPES, Live, Previews
 
 __all__ = ["ServerConfig", "ServerState", "KNOWN_OPTIONS"]
@@ -113,9 +114,7 @@ class ServerState:
         self.options.update(changes)
         self.live.previews = Previews.from_options(self.options)
         self.options_path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.options_path.with_name(f".options.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(self.options, indent=1, sort_keys=True))
-        os.replace(temp, self.options_path)
+        replace_json(self.options_path, self.options, indent=1, sort_keys=True)
 
 
 def _check_previews(options: dict) -> None:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hayai.errors import RequestError
+from hayai.hardware import GIB
 from hayai.models.families import Family
 from hayai.speed import openvino_cache
 from hayai.speed.execution import pays_back, step_seconds
@@ -337,11 +338,11 @@ def decide(measured, *, model_hash: str | None, family: Family, width: int, heig
             return False, "its conversion was never timed here (`hayai bench speed --levers openvino` times it)"
     if plan is not None and unet_params:
         estimate = next((e for e in plan.candidates if e.strategy == strategy), plan.chosen)
+        factor = EXTRA_MEMORY["converting" if to_pay > 0 else "cached"]
         room, need = plan.budget_bytes - estimate.peak_bytes, extra_bytes(unet_params, converting=to_pay > 0)
         if need > room:
-            gib = 2**30
-            return False, (f"it would hold about {need / gib:.1f} GiB of host memory beyond the plain run's "
-                           f"({EXTRA_MEMORY['converting' if to_pay else 'cached']:g}x the UNet's float32 weights), "
-                           f"and {max(0, room) / gib:.1f} GiB is left beside it")
+            return False, (f"it would hold about {need / GIB:.1f} GiB of host memory beyond the plain run's "
+                           f"({factor:g}x the UNet's float32 weights), and {max(0, room) / GIB:.1f} GiB is left "
+                           "beside it")
     return pays_back(steps=steps, images=images, step_seconds=step_seconds(exact, width, height, threads),
                      ratio=lever.denoise_ratio, owed_seconds=to_pay, cost="conversion", paid="already converted")

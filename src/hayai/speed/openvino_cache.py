@@ -22,6 +22,8 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import RequestError
+from hayai.files import replace_json
+from hayai.hardware import GIB
 
 __all__ = ["CAP_VARIABLE", "DEFAULT_CAP_GB", "Entry", "Usage", "cap_bytes", "cap_or_problem", "clear", "entries", "evict",
            "eviction_warning", "now", "remember_conversion", "remembered_conversion", "root", "touch", "usage"]
@@ -33,7 +35,6 @@ CAP_VARIABLE = "HAYAI_OPENVINO_CACHE_GB"
 # here: one SDXL size and one or two SD1.5 ones.
 DEFAULT_CAP_GB = 16.0
 RECORD = "conversion.json"
-GIB = 2**30
 _NAME = re.compile(r"(?P<hash>.+)-(?P<width>\d+)x(?P<height>\d+)(?P<partial>\.partial-\d+)?")
 
 
@@ -120,9 +121,7 @@ def remember_conversion(model_hash: str, seconds: float) -> None:
     path = _timings()
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings[model_hash] = {"seconds": seconds, "converted_at": now()}
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(timings, indent=2) + "\n")
-    os.replace(partial, path)
+    replace_json(path, timings, indent=2)
 
 
 def remembered_conversion(model_hash: str) -> float | None:
@@ -137,15 +136,13 @@ def touch(folder: Path) -> None:
 
     The time is a field of conversion.json rather than the file's mtime: the listing shows it beside
     `converted_at`, and it survives a copy or restore of the cache that does not keep file times. The record
-    is replaced whole (a temporary file, then `os.replace`), so a process reading it at the same time sees
-    the old record or the new, never half of one.
+    is replaced whole (`hayai.files.replace_json`), so a process reading it at the same time sees the old
+    record or the new, never half of one.
     """
     path = folder / RECORD
     record = json.loads(path.read_text())
     record["last_used"] = now()
-    partial = path.with_name(f"{RECORD}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, path)
+    replace_json(path, record, indent=2)
 
 
 def evict(cap: float, keep: set[Path]) -> list[Entry]:
