@@ -1,4 +1,4 @@
-"""Writing a small file so that a reader, or a kill, never sees half of it."""
+"""Small file chores in one place: a JSON file replaced whole, the bytes a file or folder takes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
-__all__ = ["replace_json"]
+__all__ = ["replace_json", "size_bytes"]
 
 
 def replace_json(path: Path, data, **dumps) -> None:
@@ -20,3 +20,11 @@ def replace_json(path: Path, data, **dumps) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def size_bytes(path: Path) -> int:
+    """The bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -145,6 +145,7 @@ def _cache_listing() -> dict:
     """The cache as `models cache --json` prints it: the OpenVINO conversions, with the model's name where a run
     in the history used that hash, and the other folders hayai made there."""
     from hayai import paths
+    from hayai.files import size_bytes
     from hayai.models.catalog import PLACEHOLDER_NAME
     from hayai.speed import openvino_cache
 
@@ -161,7 +162,7 @@ def _cache_listing() -> dict:
                 "conversions": conversions, "bytes": sum(e.bytes for e in found)}
     placeholder = paths.cache_dir() / PLACEHOLDER_NAME
     other = ([{"what": "the placeholder model (random weights, made when no model is installed)",
-               "folder": str(placeholder), "bytes": sum(f.stat().st_size for f in placeholder.rglob("*") if f.is_file())}]
+               "folder": str(placeholder), "bytes": size_bytes(placeholder)}]
              if placeholder.is_dir() else [])
     return {"folder": str(paths.cache_dir()), "openvino": openvino, "other": other,
             "total_bytes": openvino["bytes"] + sum(o["bytes"] for o in other)}

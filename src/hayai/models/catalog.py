@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import HayaiError, ModelError, ModelNotFoundError
+from hayai.files import size_bytes
 from hayai.models.builtin import BUILTIN_MODEL, BUILTIN_MODEL_NAME
 from hayai.models.families import Family
 from hayai.models.loading import (
@@ -74,12 +75,6 @@ class ModelEntry:
             "origin": self.origin,
             "problem": self.problem,
         }
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -278,7 +273,7 @@ def _entry(path: Path, origin: str) -> ModelEntry:
     except HayaiError as exc:
         family, problem = None, str(exc)
     name = path.name if kind == "folder" else path.stem
-    return ModelEntry(name, path, kind, family, _size(path), origin, problem)
+    return ModelEntry(name, path, kind, family, size_bytes(path), origin, problem)
 
 
 def builtin_source() -> ModelSource | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hayai import paths
 from hayai.errors import RequestError
-from hayai.files import replace_json
+from hayai.files import replace_json, size_bytes
 from hayai.hardware import GIB
 
 __all__ = ["CAP_VARIABLE", "DEFAULT_CAP_GB", "Entry", "Usage", "cap_bytes", "cap_or_problem", "clear", "entries", "evict",
@@ -93,10 +93,6 @@ class Entry:
                 "unfinished": self.unfinished}
 
 
-def _size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 def entries() -> list[Entry]:
     """Every folder hayai made under `root()`, least recently used first (unfinished ones last)."""
     found = []
@@ -107,7 +103,7 @@ def entries() -> list[Entry]:
         record_path = folder / RECORD
         record = json.loads(record_path.read_text()) if not match["partial"] and record_path.is_file() else {}
         converted = record.get("converted_at")
-        found.append(Entry(folder, match["hash"], int(match["width"]), int(match["height"]), _size(folder),
+        found.append(Entry(folder, match["hash"], int(match["width"]), int(match["height"]), size_bytes(folder),
                            converted, record.get("last_used", converted)))
     return sorted(found, key=lambda e: (e.unfinished, e.last_used or ""))
 
