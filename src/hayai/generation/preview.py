@@ -52,7 +52,7 @@ def _placed(vae, tensor, like):
     return tensor.to(like.device, next(vae.parameters()).dtype)
 
 
-def latent_rgb(vae, like=None):
+def latent_rgb(vae, like):
     """(weights [C, 3], bias [3]) with RGB in [-1, 1] ~ bias + latents' channels @ weights, for latents as the
     sampler sees them: the decoder's mean colour at uniform latents 0 and +-1 in each channel (central
     differences), fitted once per VAE module and kept while it lives; `like` is a tensor on the device the
@@ -67,7 +67,7 @@ def latent_rgb(vae, like=None):
         probes[1 + 2 * c, c] = 1.0
         probes[2 + 2 * c, c] = -1.0
     with torch.no_grad():
-        decoded = vae.decode(_placed(vae, _decoder_input(vae, probes), probes if like is None else like)).sample
+        decoded = vae.decode(_placed(vae, _decoder_input(vae, probes), like)).sample
     colours = decoded.float().mean(dim=(2, 3)).cpu()  # (2C + 1, 3)
     weights = (colours[1::2] - colours[2::2]) / 2
     fitted = (weights, colours[0])
@@ -119,9 +119,8 @@ class StepPreview:
 
     def image(self, method: str = "auto", index: int = 0):
         """A PIL picture of image `index` of the batch: latent-sized with "cheap", full-sized with the others."""
-        import numpy as np
         import torch
-        from PIL import Image
+        from diffusers.image_processor import VaeImageProcessor
 
         latents = self._spatial()[index : index + 1]
         method = self.method_for(method)
@@ -135,5 +134,4 @@ class StepPreview:
             else:
                 vae = self.pipe.vae
                 rgb = vae.decode(_placed(vae, _decoder_input(vae, latents), latents)).sample.float().cpu()
-        pixels = ((rgb[0] / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # as diffusers
-        return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+        return VaeImageProcessor().postprocess(rgb, output_type="pil")[0]  # [-1, 1] to 8 bits as the pipelines do
